@@ -1,0 +1,88 @@
+"""The FastAPI application: routes, middleware, error handlers, and the engine's lifespan.
+
+The HTTP server starts listening at once; the engine (and, for the embedded model, the one-time
+conversion) loads in a background task, so `/health` answers during start-up and `/ready` turns
+200 when the engine can take work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from argparse import Namespace
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from server.api import chat, completions, health, metrics, models
+from server.api.cancellation import ClientDisconnected
+from server.api.errors import error_json, install_error_handlers
+from server.api.middleware import RequestContextMiddleware
+from server.engine.vllm import VllmEngine
+from server.lifecycle import Lifecycle
+from server.models import ensure_embedded_model
+from server.settings import DEFAULT_SERVED_MODEL_NAME, Settings
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger(__name__)
+
+# nginx's "client closed request": recorded in metrics and the access log, seen by nobody.
+_CLIENT_CLOSED_REQUEST = 499
+
+
+async def _load_engine(app: FastAPI, settings: Settings, engine_args: Namespace) -> None:
+    lifecycle: Lifecycle = app.state.lifecycle
+    try:
+        if engine_args.model is None:
+            folder = await asyncio.to_thread(ensure_embedded_model, settings.cache_dir)
+            engine_args.model = str(folder)
+            engine_args.tokenizer = engine_args.tokenizer or str(folder)
+            if not engine_args.served_model_name:
+                engine_args.served_model_name = [DEFAULT_SERVED_MODEL_NAME]
+        logger.info("loading model %s", engine_args.model)
+        app.state.engine = await VllmEngine.start(engine_args)
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:
+        logger.exception("the engine failed to start")
+        lifecycle.mark_failed(exc)
+        return
+    lifecycle.mark_ready()
+    logger.info("engine ready: serving %s", ", ".join(engine_args.served_model_name or []))
+
+
+def create_app(settings: Settings, engine_args: Namespace) -> FastAPI:
+    """Build the app; `engine_args` is the namespace from vLLM's `vllm serve` parser."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loader = asyncio.create_task(_load_engine(app, settings, engine_args))
+        try:
+            yield
+        finally:
+            # The engine may be mid-load in a worker thread, which cannot be interrupted:
+            # let the load finish so that the engine process it spawned is shut down too.
+            await asyncio.wait({loader})
+            engine: VllmEngine | None = app.state.engine
+            if engine is not None:
+                logger.info("shutting the engine down")
+                await engine.shutdown()
+
+    app = FastAPI(title="Refinery", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.lifecycle = Lifecycle(drain_timeout=settings.drain_timeout)
+    app.state.engine = None
+
+    for module in (health, metrics, models, chat, completions):
+        app.include_router(module.router)
+    install_error_handlers(app)
+
+    async def _client_closed(_: Request, __: Exception) -> JSONResponse:
+        return error_json(_CLIENT_CLOSED_REQUEST, "client closed request", code="client_closed")
+
+    app.add_exception_handler(ClientDisconnected, _client_closed)
+    app.add_middleware(RequestContextMiddleware, lifecycle=app.state.lifecycle)
+    return app

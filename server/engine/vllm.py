@@ -1,0 +1,94 @@
+"""The in-process vLLM engine and vLLM's own OpenAI serving objects on top of it.
+
+Plain requests are served by vLLM's `OpenAIServingChat` / `OpenAIServingCompletion` /
+`OpenAIServingModels` built by vLLM's `init_app_state`, on the same `AsyncLLM` that strategies
+will use, so their behaviour is `vllm serve`'s by construction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from argparse import Namespace
+from typing import TYPE_CHECKING
+
+from starlette.datastructures import State
+
+if TYPE_CHECKING:
+    from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
+    from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
+    from vllm.entrypoints.openai.models.serving import OpenAIServingModels
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+__all__ = ["VllmEngine"]
+
+logger = logging.getLogger(__name__)
+
+
+class VllmEngine:
+    """Owns one `AsyncLLM` (engine core in a child process) and the serving objects."""
+
+    def __init__(self, async_llm: AsyncLLM, serving: State, shutdown_timeout: float | None):
+        self.async_llm = async_llm
+        self._serving = serving
+        self._shutdown_timeout = shutdown_timeout
+
+    @classmethod
+    async def start(cls, args: Namespace) -> VllmEngine:
+        """Build the engine from parsed `vllm serve` arguments.
+
+        Creating `AsyncLLM` blocks for the whole model load (it spawns the engine core and waits
+        for its handshake), so it runs in a worker thread: the event loop keeps answering
+        `/health` and `/ready` meanwhile. AsyncLLM starts its output handler lazily on the
+        first request when it is constructed outside a running loop.
+        """
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+        from vllm.usage.usage_lib import UsageContext
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        engine_args = AsyncEngineArgs.from_cli_args(args)
+        vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+        async_llm = await asyncio.to_thread(
+            AsyncLLM.from_vllm_config,
+            vllm_config=vllm_config,
+            usage_context=UsageContext.OPENAI_API_SERVER,
+            enable_log_requests=engine_args.enable_log_requests,
+            aggregate_engine_logging=engine_args.aggregate_engine_logging,
+            disable_log_stats=engine_args.disable_log_stats,
+        )
+        try:
+            await async_llm.reset_mm_cache()
+            supported_tasks = await async_llm.get_supported_tasks()
+            if "generate" not in supported_tasks:
+                raise RuntimeError(
+                    f"model {args.model!r} does not support text generation "
+                    f"(supported tasks: {', '.join(supported_tasks)})"
+                )
+            serving = State()
+            await init_app_state(async_llm, serving, args, supported_tasks)
+        except BaseException:
+            async_llm.shutdown(timeout=vllm_config.shutdown_timeout)
+            raise
+        return cls(async_llm, serving, vllm_config.shutdown_timeout)
+
+    @property
+    def chat(self) -> OpenAIServingChat:
+        return self._serving.openai_serving_chat
+
+    @property
+    def completion(self) -> OpenAIServingCompletion:
+        return self._serving.openai_serving_completion
+
+    @property
+    def models(self) -> OpenAIServingModels:
+        return self._serving.openai_serving_models
+
+    @property
+    def alive(self) -> bool:
+        """False once the engine core has died (the server then reports not ready)."""
+        return not self.async_llm.errored
+
+    async def shutdown(self) -> None:
+        """Stop the engine core process; blocking, so it runs in a thread."""
+        await asyncio.to_thread(self.async_llm.shutdown, timeout=self._shutdown_timeout)
