@@ -35,8 +35,10 @@ endif
 serve: install
 	$(VENV)/bin/refinery serve $(ARGS)
 
+# pytest's exit code 5 means "no tests collected": that is a failure, never a green run.
 test: install
-	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest $(PYTEST_ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
 lint: install
 	$(VENV)/bin/ruff check server strategies clients tests benchmarks
