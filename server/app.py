@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 # nginx's "client closed request": recorded in metrics and the access log, seen by nobody.
 _CLIENT_CLOSED_REQUEST = 499
+_ENGINE_WATCH_INTERVAL_S = 1.0
 
 
 async def _load_engine(app: FastAPI, settings: Settings, engine_args: Namespace) -> None:
@@ -52,6 +53,18 @@ async def _load_engine(app: FastAPI, settings: Settings, engine_args: Namespace)
         return
     lifecycle.mark_ready()
     logger.info("engine ready: serving %s", ", ".join(engine_args.served_model_name or []))
+    await _watch_engine(app.state.engine, lifecycle)
+
+
+async def _watch_engine(engine: VllmEngine, lifecycle: Lifecycle) -> None:
+    """A dead engine core cannot recover: stop the process (non-zero) so that it is restarted,
+    rather than keep answering /health with an engine that fails every request."""
+    while lifecycle.failure is None:
+        if not engine.alive:
+            logger.error("the engine core has died: stopping the server")
+            lifecycle.mark_failed(RuntimeError("the engine core died"))
+            return
+        await asyncio.sleep(_ENGINE_WATCH_INTERVAL_S)
 
 
 def create_app(settings: Settings, engine_args: Namespace) -> FastAPI:
@@ -65,6 +78,9 @@ def create_app(settings: Settings, engine_args: Namespace) -> FastAPI:
         finally:
             # The engine may be mid-load in a worker thread, which cannot be interrupted:
             # let the load finish so that the engine process it spawned is shut down too.
+            # Once loaded, the task only watches the engine and can be cancelled.
+            if app.state.engine is not None:
+                loader.cancel()
             await asyncio.wait({loader})
             engine: VllmEngine | None = app.state.engine
             if engine is not None:

@@ -53,7 +53,9 @@ def from_vllm_error(error: ErrorResponse) -> JSONResponse:
     return error_json(status, error.error.message, param=error.error.param, code=code)
 
 
-def invalid_from_validation(exc: ValidationError, *, prefix: tuple[str | int, ...] = ()) -> InvalidRequest:
+def invalid_from_validation(
+    exc: ValidationError, *, prefix: tuple[str | int, ...] = ()
+) -> InvalidRequest:
     """Turn a pydantic ValidationError into an InvalidRequest naming the first bad field."""
     from vllm.entrypoints.serve.exception_handling.handlers.validation import clean_loc_for_param
 
@@ -63,7 +65,8 @@ def invalid_from_validation(exc: ValidationError, *, prefix: tuple[str | int, ..
     first = errors[0]
     param = clean_loc_for_param(prefix + tuple(first.get("loc", ()))) or None
     details = "; ".join(
-        f"{clean_loc_for_param(tuple(e.get('loc', ()))) or 'body'}: {e.get('msg')}" for e in errors[:5]
+        f"{clean_loc_for_param(tuple(e.get('loc', ()))) or 'body'}: {e.get('msg')}"
+        for e in errors[:5]
     )
     return InvalidRequest(f"invalid request: {details}", param=param, code="invalid_value")
 

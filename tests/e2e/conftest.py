@@ -1,0 +1,52 @@
+"""Live servers for end-to-end tests: real vLLM engine on the embedded model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from openai import OpenAI
+
+from tests.e2e.servers import ServerProcess, start_refinery
+
+API_KEY = "test-key-123"
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One model cache for the whole session: the embedded model is converted once, for real."""
+    return tmp_path_factory.mktemp("refinery-cache")
+
+
+@pytest.fixture(scope="session")
+def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("server-logs")
+
+
+def _run(server: ServerProcess) -> Iterator[ServerProcess]:
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.terminate()
+        server.kill_group()
+
+
+@pytest.fixture(scope="session")
+def server(cache_dir: Path, logs_dir: Path) -> Iterator[ServerProcess]:
+    """`refinery serve` with no model argument: the embedded SmolLM2, no API key."""
+    yield from _run(start_refinery(logs_dir, env={"REFINERY_CACHE": str(cache_dir)}))
+
+
+@pytest.fixture(scope="session")
+def client(server: ServerProcess) -> OpenAI:
+    return OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def embedded_model_dir(server: ServerProcess, cache_dir: Path) -> Path:
+    """The converted folder the session server serves (already built by it)."""
+    from server.models import ensure_embedded_model
+
+    return ensure_embedded_model(cache_dir)

@@ -1,0 +1,106 @@
+"""`refinery serve` argument handling: vLLM's parser for engine flags, Refinery's defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import pytest
+
+from server.cli import apply_engine_defaults, main, resolve_serve_args
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("REFINERY_PORT", "REFINERY_API_KEYS", "REFINERY_SERVED_MODEL_NAME",
+                 "REFINERY_MODEL", "REFINERY_HOST", "VLLM_CPU_NUM_OF_RESERVED_CPU"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_no_model_means_the_embedded_one() -> None:
+    settings, args = resolve_serve_args([])
+    assert settings.model is None and args.model is None
+    assert args.port == 8000 and args.host == "0.0.0.0"
+
+
+def test_positional_model_and_vllm_engine_flags_pass_through() -> None:
+    _, args = resolve_serve_args(
+        ["some/model", "--max-model-len", "1024", "--tensor-parallel-size", "2",
+         "--scheduling-policy", "priority", "--enforce-eager"]
+    )
+    assert args.model == "some/model"
+    assert args.max_model_len == 1024
+    assert args.tensor_parallel_size == 2
+    assert args.scheduling_policy == "priority"
+    assert args.enforce_eager is True
+
+
+def test_refinery_flags_win_over_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REFINERY_PORT", "9100")
+    monkeypatch.setenv("REFINERY_API_KEYS", "env-key")
+    monkeypatch.setenv("REFINERY_SERVED_MODEL_NAME", "env-name")
+    settings, args = resolve_serve_args(["--api-key", "flag-key"])
+    assert args.port == 9100  # from the environment
+    assert settings.api_keys == ["flag-key"]  # the flag wins
+    assert args.api_key is None  # Refinery checks keys itself, not vLLM
+    assert args.served_model_name == ["env-name"]
+    _, args = resolve_serve_args(["--served-model-name", "a", "b", "--port", "9200"])
+    assert args.served_model_name == ["a", "b"]
+    assert args.port == 9200
+
+
+def test_invalid_refinery_value_exits_with_usage_error() -> None:
+    with pytest.raises(SystemExit) as exc:
+        resolve_serve_args(["--drain-timeout", "-5"])
+    assert exc.value.code == 2
+
+
+def test_unknown_flag_is_refused() -> None:
+    with pytest.raises(SystemExit):
+        resolve_serve_args(["--no-such-flag"])
+
+
+def _namespace(**overrides: object) -> argparse.Namespace:
+    return argparse.Namespace(
+        **{"enable_prefix_caching": None, "enable_chunked_prefill": None, **overrides}
+    )
+
+
+def test_cpu_defaults_prefix_caching_on_chunked_prefill_off_no_reserved_core(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    args = _namespace()
+    apply_engine_defaults(args, on_cpu=True)
+    assert args.enable_prefix_caching is True
+    assert args.enable_chunked_prefill is False
+    assert os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+
+
+def test_user_choices_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", "1")
+    args = _namespace(enable_prefix_caching=False, enable_chunked_prefill=True)
+    apply_engine_defaults(args, on_cpu=True)
+    assert args.enable_prefix_caching is False
+    assert args.enable_chunked_prefill is True
+    assert os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"
+
+
+def test_gpu_keeps_vllm_chunked_prefill_default() -> None:
+    args = _namespace()
+    apply_engine_defaults(args, on_cpu=False)
+    assert args.enable_prefix_caching is True
+    assert args.enable_chunked_prefill is None
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("refinery ") and "vLLM 0.32.0" in out
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["frobnicate"])
+    assert exc.value.code == 2
