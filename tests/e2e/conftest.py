@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from openai import OpenAI
 
+from clients.servers import running
 from tests.e2e.servers import ServerProcess, start_refinery
 
 API_KEY = "test-key-123"
@@ -24,19 +25,11 @@ def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("server-logs")
 
 
-def _run(server: ServerProcess) -> Iterator[ServerProcess]:
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.terminate()
-        server.kill_group()
-
-
 @pytest.fixture(scope="session")
 def server(cache_dir: Path, logs_dir: Path) -> Iterator[ServerProcess]:
     """`refinery serve` with no model argument: the embedded SmolLM2, no API key."""
-    yield from _run(start_refinery(logs_dir, env={"REFINERY_CACHE": str(cache_dir)}))
+    with running(start_refinery(logs_dir, env={"REFINERY_CACHE": str(cache_dir)})) as live:
+        yield live
 
 
 @pytest.fixture(scope="session")

