@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from server.api import chat, completions, health, metrics, models
+from server.api import chat, completions, health, metrics, models, strategies
 from server.api.cancellation import ClientDisconnected
 from server.api.errors import error_json, install_error_handlers
 from server.api.middleware import RequestContextMiddleware
@@ -92,7 +92,7 @@ def create_app(settings: Settings, engine_args: Namespace) -> FastAPI:
     app.state.lifecycle = Lifecycle(drain_timeout=settings.drain_timeout)
     app.state.engine = None
 
-    for module in (health, metrics, models, chat, completions):
+    for module in (health, metrics, models, strategies, chat, completions):
         app.include_router(module.router)
     install_error_handlers(app)
 

@@ -3,9 +3,18 @@ default registry (its PrometheusStatLogger registers there), so `/metrics` serve
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["REQUEST_DURATION", "REQUESTS", "TIME_TO_FIRST_TOKEN"]
+__all__ = [
+    "REQUESTS",
+    "REQUEST_DURATION",
+    "SAMPLES_SAVED",
+    "STRATEGY_REQUESTS",
+    "STRATEGY_SAMPLES",
+    "SUBREQUESTS_RUNNING",
+    "SUBREQUEST_TOKENS",
+    "TIME_TO_FIRST_TOKEN",
+]
 
 _LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0,
@@ -27,4 +36,31 @@ TIME_TO_FIRST_TOKEN = Histogram(
     "Streaming responses: time from request arrival to the first data chunk sent.",
     ["endpoint"],
     buckets=_LATENCY_BUCKETS,
+)
+
+STRATEGY_REQUESTS = Counter(
+    "refinery_strategy_requests",
+    "Requests that ran a test-time strategy, by strategy.",
+    ["strategy"],
+)
+STRATEGY_SAMPLES = Histogram(
+    "refinery_strategy_samples",
+    "Samples a strategy request used (finished samples its decision rests on).",
+    ["strategy"],
+    buckets=(1, 2, 4, 5, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64),
+)
+SAMPLES_SAVED = Counter(
+    "refinery_samples_saved",
+    "Samples not drawn thanks to early stopping: the sample budget minus the samples used.",
+    ["strategy"],
+)
+SUBREQUESTS_RUNNING = Gauge(
+    "refinery_subrequests_running",
+    "Strategy sub-requests (one per sample) currently in the engine.",
+)
+SUBREQUEST_TOKENS = Counter(
+    "refinery_subrequest_tokens",
+    "Tokens of strategy sub-requests: prompt (counted once per request: its prefill is "
+    "shared), completion (finished samples) and aborted (samples cut off by early stopping).",
+    ["kind"],
 )

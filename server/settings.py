@@ -12,9 +12,19 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["DEFAULT_SERVED_MODEL_NAME", "Settings", "default_cache_dir"]
+__all__ = ["DEFAULT_SERVED_MODEL_NAME", "PRESETS", "Settings", "default_cache_dir"]
 
 DEFAULT_SERVED_MODEL_NAME = "smollm2"
+
+# Strategy presets: `"strategy": "<preset>"` in a request body, or the model alias
+# `<model>+<preset>` for clients that can only set `model`.
+PRESETS: dict[str, dict[str, object]] = {
+    "sc8": {"name": "self_consistency", "stop": "fixed", "max_samples": 8},
+    "esc": {"name": "self_consistency", "stop": "esc"},
+    "asc": {"name": "self_consistency", "stop": "asc"},
+    "bon8": {"name": "best_of_n", "n": 8, "selection": "self_certainty"},
+    "borda8": {"name": "best_of_n", "n": 8, "selection": "borda"},
+}
 
 
 def default_cache_dir() -> Path:
@@ -44,6 +54,18 @@ class Settings(BaseSettings):
         ge=0,
         le=3600,
         description="Seconds in-flight requests may run on after SIGTERM before shutdown.",
+    )
+    max_samples: int = Field(
+        default=64,
+        ge=1,
+        le=256,
+        description="Server cap on the samples one strategy request may draw.",
+    )
+    strategy_keepalive: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="Seconds between SSE keep-alive comments while a streamed strategy works.",
     )
     cache_dir: Path = Field(
         default_factory=default_cache_dir,

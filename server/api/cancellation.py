@@ -36,6 +36,8 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
         watcher.cancel()
         if not work_task.done():
             work_task.cancel()
+            # Let the cancellation run its course (aborting engine requests) before answering.
+            await asyncio.gather(work_task, return_exceptions=True)
     if work_task.cancelled():
         raise ClientDisconnected
     return work_task.result()

@@ -31,6 +31,8 @@ _ENDPOINTS = frozenset(
         "/metrics",
     }
 )
+# Probes and scrapes arrive every few seconds from Kubernetes and Prometheus: logged at DEBUG.
+_QUIET_PATHS = frozenset({"/health", "/ready", "/metrics"})
 _REQUEST_ID_HEADER = b"x-request-id"
 _MAX_REQUEST_ID_LEN = 128
 
@@ -104,7 +106,8 @@ class RequestContextMiddleware:
             REQUESTS.labels(endpoint, str(status)).inc()
             REQUEST_DURATION.labels(endpoint).observe(elapsed)
             client = scope.get("client")
-            access_log.info(
+            access_log.log(
+                logging.DEBUG if path in _QUIET_PATHS else logging.INFO,
                 '%s "%s %s" %d %.1fms request_id=%s',
                 f"{client[0]}:{client[1]}" if client else "-",
                 scope["method"],

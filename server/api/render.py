@@ -1,16 +1,44 @@
-"""Rendering what vLLM's serving layer returns as HTTP responses (plain requests)."""
+"""Rendering OpenAI shapes: what vLLM's serving layer returns for plain requests, and the
+chosen answer of a strategy request (as vLLM's own response models, plus `strategy`)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+import json
+import re
+from collections.abc import AsyncGenerator, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+from pydantic import BaseModel
+from vllm.entrypoints.generate.base.protocol import DeltaMessage
+from vllm.entrypoints.openai.chat_completion.protocol import (
+    ChatCompletionResponse,
+    ChatCompletionResponseChoice,
+    ChatCompletionResponseStreamChoice,
+    ChatCompletionStreamResponse,
+    ChatMessage,
+)
+from vllm.entrypoints.openai.completion.protocol import (
+    CompletionResponse,
+    CompletionResponseChoice,
+    CompletionResponseStreamChoice,
+    CompletionStreamResponse,
+)
+from vllm.entrypoints.serve.engine.protocol import ErrorResponse, UsageInfo
 
 from server.api.errors import from_vllm_error
+from server.protocol import ResolvedStrategy
+from server.sampler import SamplerUsage
+from strategies import Result
 
-__all__ = ["render_serving_result"]
+__all__ = [
+    "StrategyOutcome",
+    "render_serving_result",
+    "strategy_body",
+    "strategy_info",
+    "strategy_stream_events",
+]
 
 
 def render_serving_result(result: ErrorResponse | AsyncGenerator[str, None] | Any) -> Response:
@@ -23,3 +51,134 @@ def render_serving_result(result: ErrorResponse | AsyncGenerator[str, None] | An
     if isinstance(result, AsyncGenerator):
         return StreamingResponse(result, media_type="text/event-stream")
     return JSONResponse(content=result.model_dump())
+
+
+@dataclass(frozen=True)
+class StrategyOutcome:
+    """A finished strategy request, with what is needed to render it."""
+
+    result: Result
+    resolved: ResolvedStrategy
+    usage: SamplerUsage
+    certainty_method: str
+    elapsed_ms: float
+    kind: str  # "chat" | "completion"
+    model: str
+    response_id: str
+    created: int
+
+
+def strategy_info(outcome: StrategyOutcome) -> dict[str, Any]:
+    """The `strategy` object of a response (DESIGN.md §3)."""
+    result, options = outcome.result, outcome.resolved.options
+    info: dict[str, Any] = {
+        "name": outcome.resolved.strategy.name,
+        "preset": outcome.resolved.preset,
+        **result.details,
+        "samples": len(result.samples),
+        "max_samples": options.sample_budget(),
+        "stopped_early": result.stopped_early,
+        "answer": result.answer,
+        "votes": result.votes,
+        "certainty_method": outcome.certainty_method,
+        "usage": {
+            "prompt_tokens": outcome.usage.prompt_tokens,
+            "completion_tokens": outcome.usage.completion_tokens,
+            "sub_requests": outcome.usage.sub_requests,
+            "aborted": outcome.usage.aborted,
+        },
+        "elapsed_ms": round(outcome.elapsed_ms, 1),
+    }
+    if options.return_candidates:
+        info["candidates"] = [
+            {
+                "index": sample.index,
+                "text": sample.text,
+                "answer": answer,
+                "certainty": sample.certainty,
+                "mean_logprob": sample.mean_logprob,
+                "tokens": sample.num_tokens,
+                "finish_reason": sample.finish_reason,
+                "chosen": sample.index == result.chosen.index,
+            }
+            for sample, answer in zip(result.samples, result.answers, strict=True)
+        ]
+    return info
+
+
+def _usage(outcome: StrategyOutcome) -> UsageInfo:
+    prompt, completion = outcome.usage.prompt_tokens, outcome.usage.completion_tokens
+    return UsageInfo(prompt_tokens=prompt, completion_tokens=completion,
+                     total_tokens=prompt + completion)
+
+
+def strategy_body(outcome: StrategyOutcome) -> dict[str, Any]:
+    """A normal chat.completion / text_completion for the chosen sample, plus `strategy`."""
+    chosen = outcome.result.chosen
+    common = {"id": outcome.response_id, "created": outcome.created, "model": outcome.model,
+              "usage": _usage(outcome)}
+    response: ChatCompletionResponse | CompletionResponse
+    if outcome.kind == "chat":
+        response = ChatCompletionResponse(
+            choices=[ChatCompletionResponseChoice(
+                index=0, message=ChatMessage(role="assistant", content=chosen.text),
+                finish_reason=chosen.finish_reason, stop_reason=chosen.stop_reason,
+            )],
+            **common,
+        )
+    else:
+        response = CompletionResponse(
+            choices=[CompletionResponseChoice(
+                index=0, text=chosen.text, finish_reason=chosen.finish_reason,
+                stop_reason=chosen.stop_reason,
+            )],
+            **common,
+        )
+    return {**response.model_dump(), "strategy": strategy_info(outcome)}
+
+
+# Words with their leading whitespace: the chosen text, already generated, is sent in pieces.
+_PIECES = re.compile(r"\s*\S+|\s+")
+
+
+def _chunk(outcome: StrategyOutcome, text: str | None, *, role: bool = False,
+           finish: bool = False) -> BaseModel:
+    chosen = outcome.result.chosen
+    common = {"id": outcome.response_id, "created": outcome.created, "model": outcome.model}
+    finish_reason = chosen.finish_reason if finish else None
+    stop_reason = chosen.stop_reason if finish else None
+    if outcome.kind == "chat":
+        delta = DeltaMessage(role="assistant", content="") if role else DeltaMessage(content=text)
+        return ChatCompletionStreamResponse(
+            object="chat.completion.chunk",
+            choices=[ChatCompletionResponseStreamChoice(
+                index=0, delta=delta, finish_reason=finish_reason, stop_reason=stop_reason)],
+            **common,
+        )
+    return CompletionStreamResponse(
+        object="text_completion",
+        choices=[CompletionResponseStreamChoice(
+            index=0, text=text or "", finish_reason=finish_reason, stop_reason=stop_reason)],
+        **common,
+    )
+
+
+def strategy_stream_events(outcome: StrategyOutcome, include_usage: bool) -> Iterator[str]:
+    """SSE events for the chosen answer: pieces, a final chunk carrying `strategy`, usage."""
+
+    def event(chunk: BaseModel, **extra: Any) -> str:
+        data = chunk.model_dump(exclude_unset=True) | extra
+        return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+    if outcome.kind == "chat":
+        yield event(_chunk(outcome, None, role=True))
+    for piece in _PIECES.findall(outcome.result.chosen.text):
+        yield event(_chunk(outcome, piece))
+    yield event(_chunk(outcome, "" if outcome.kind == "completion" else None, finish=True),
+                strategy=strategy_info(outcome))
+    if include_usage:
+        usage_chunk = _chunk(outcome, None)
+        usage_chunk.choices = []
+        usage_chunk.usage = _usage(outcome)
+        yield event(usage_chunk)
+    yield "data: [DONE]\n\n"

@@ -39,7 +39,7 @@ def keyed_server(cache_dir: Path, logs_dir: Path) -> Iterator[ServerProcess]:
     server = start_refinery(
         logs_dir, "--api-key", "flag-key", "--served-model-name", "tiny",
         env={"REFINERY_CACHE": str(cache_dir), "REFINERY_API_KEYS": "env-key-1,env-key-2",
-             "REFINERY_SERVED_MODEL_NAME": "from-env"},
+             "REFINERY_SERVED_MODEL_NAME": "from-env", "REFINERY_MAX_SAMPLES": "8"},
         name="keyed",
     )
     with running(server) as live:
@@ -53,7 +53,7 @@ def test_health_answers_before_ready_while_the_engine_loads(keyed_server: Server
 def test_api_key_required_when_configured(keyed_server: ServerProcess) -> None:
     base = f"{keyed_server.base_url}/v1"
     good = OpenAI(base_url=base, api_key="flag-key", max_retries=0)
-    assert [m.id for m in good.models.list().data] == ["tiny"]
+    assert [m.id for m in good.models.list().data if "+" not in m.id] == ["tiny"]
     reply = good.chat.completions.create(model="tiny", messages=USER, max_tokens=2)
     assert reply.choices[0].message.content is not None
     for wrong in ("env-key-1", "flag-key-but-longer", "nope"):
@@ -64,6 +64,21 @@ def test_api_key_required_when_configured(keyed_server: ServerProcess) -> None:
     assert missing.status_code == 401
     assert set(missing.json()["error"]) == {"message", "type", "param", "code"}
     assert missing.json()["error"]["type"] == "authentication_error"
+
+
+def test_server_cap_on_samples(keyed_server: ServerProcess) -> None:
+    client = OpenAI(base_url=f"{keyed_server.base_url}/v1", api_key="flag-key", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model="tiny", messages=USER, temperature=0.7, max_tokens=2,
+            extra_body={"strategy": {"name": "best_of_n", "n": 9}},
+        )
+    assert err.value.body["param"] == "strategy.n"
+    assert "cap of 8" in err.value.body["message"]
+    reply = client.chat.completions.create(
+        model="tiny+bon8", messages=USER, temperature=0.7, max_tokens=2
+    )
+    assert reply.model_extra["strategy"]["samples"] == 8
 
 
 def test_probes_and_metrics_need_no_key(keyed_server: ServerProcess) -> None:

@@ -11,8 +11,9 @@ CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
 
 def test_models_lists_the_embedded_model(client: OpenAI) -> None:
     models = client.models.list()
-    assert [m.id for m in models.data] == ["smollm2"]
+    assert [m.id for m in models.data if "+" not in m.id] == ["smollm2"]  # + preset aliases
     assert models.data[0].object == "model"
+    assert models.data[0].max_model_len == 8192
 
 
 def test_chat_completion_answers(client: OpenAI) -> None:

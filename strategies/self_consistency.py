@@ -1,0 +1,117 @@
+"""Self-consistency with a pluggable stop rule: fixed N, ESC, or ASC — one sampling loop.
+
+Samples are submitted in windows (all N at once for `fixed`) so that the engine batches them,
+and judged in index order so that a run is reproducible: with a seeded request, sample i is the
+same whatever the timing, and the stop point is what replaying the rule on the same samples
+gives. `lookahead` windows beyond the one being judged are already in flight, at a lower
+priority, so stopping early does not cost latency; whatever is outstanding when the rule is
+satisfied is aborted.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable
+from typing import Literal
+
+from pydantic import Field
+
+from strategies.answers import AnswerGroups, extract_answer, parse_answer_format
+from strategies.base import Result, Sample, Sampler, Strategy, StrategyOptions, register
+from strategies.stop_rules import (
+    AdaptiveConsistency,
+    EarlyStoppingConsistency,
+    FixedSamples,
+    StopRule,
+)
+from strategies.voting import majority_vote
+
+__all__ = ["SelfConsistencyOptions", "run_self_consistency"]
+
+# Priority of sub-requests beyond the window being judged (lower number = sooner).
+SPECULATIVE_PRIORITY = 1
+
+
+class SelfConsistencyOptions(StrategyOptions):
+    max_samples: int = Field(default=16, ge=1, le=64, description="Most samples to draw.")
+    stop: Literal["fixed", "esc", "asc"] = Field(
+        default="esc",
+        description="fixed: draw max_samples; esc: stop at the first unanimous window; "
+        "asc: stop when the leading answer is ahead with probability >= confidence.",
+    )
+    window: int = Field(
+        default=5, ge=1, le=64, description="Samples per window (ESC's unit; ASC's batch)."
+    )
+    confidence: float = Field(
+        default=0.95, gt=0.5, lt=1.0, description="ASC's stopping threshold on P(leader best)."
+    )
+    lookahead: int = Field(
+        default=1, ge=0, le=8,
+        description="Windows sampled ahead of the one being judged (speculative, lower priority).",
+    )
+
+    def sample_budget(self) -> int:
+        return self.max_samples
+
+    def stop_rule(self) -> StopRule:
+        if self.stop == "esc":
+            return EarlyStoppingConsistency(window=self.window)
+        if self.stop == "asc":
+            return AdaptiveConsistency(confidence=self.confidence)
+        return FixedSamples()
+
+    def batch_size(self) -> int:
+        return self.max_samples if self.stop == "fixed" else min(self.window, self.max_samples)
+
+
+async def run_self_consistency(sampler: Sampler, options: SelfConsistencyOptions) -> Result:
+    spec = parse_answer_format(options.answer_format)
+    rule = options.stop_rule()
+    batch = options.batch_size()
+    in_flight = batch * (1 + options.lookahead)  # samples: the judged window + lookahead
+
+    pending: deque[Awaitable[Sample]] = deque()
+    submitted = 0
+    samples: list[Sample] = []
+    answers: list[str | None] = []
+    groups: list[int | None] = []
+    book = AnswerGroups()
+    try:
+        while len(samples) < options.max_samples:
+            if len(samples) % batch == 0:  # a window was judged: keep the pipeline full
+                while submitted < options.max_samples and submitted - len(samples) < in_flight:
+                    count = min(batch, options.max_samples - submitted)
+                    priority = 0 if submitted == len(samples) else SPECULATIVE_PRIORITY
+                    pending.extend(sampler.submit(count, priority=priority))
+                    submitted += count
+            sample = await pending.popleft()
+            answer = extract_answer(sample.text, spec)
+            samples.append(sample)
+            answers.append(answer)
+            groups.append(book.add(answer))
+            if rule.settled(groups):
+                break
+    finally:
+        await sampler.abort_outstanding()
+
+    vote = majority_vote(samples, groups)
+    return Result(
+        chosen=samples[vote.winner],
+        samples=tuple(samples),
+        answers=tuple(answers),
+        answer=book.representative(vote.group) if vote.group is not None else None,
+        votes={book.representative(g): count for g, count in vote.tally.items()},
+        stopped_early=len(samples) < options.max_samples,
+        details={"stop": options.stop},
+    )
+
+
+SELF_CONSISTENCY = register(
+    Strategy(
+        name="self_consistency",
+        description="Sample several reasoning paths and return the majority answer, stopping "
+        "early (ESC windows or ASC's Beta criterion) once the vote is settled.",
+        options=SelfConsistencyOptions,
+        run=run_self_consistency,
+    )
+)

@@ -1,0 +1,80 @@
+"""Choosing among samples: majority vote, certainty-ranked Borda vote, and argmax selections.
+
+Votes are over answer *groups* (equivalent answers share a group id, see strategies.answers);
+the returned sample is always the most certain sample of the winning group, so the text the
+client gets is the best-supported writing of the winning answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from strategies.base import Sample
+
+__all__ = ["Vote", "argmax_sample", "borda_vote", "majority_vote"]
+
+
+@dataclass(frozen=True)
+class Vote:
+    winner: int  # index into the samples list of the sample to return
+    group: int | None  # winning answer group (None: no extractable answer, argmax fallback)
+    tally: dict[int, float]  # group → count or weight
+
+
+def _certainty_key(sample: Sample) -> tuple[float, int]:
+    """Higher certainty first; unknown certainty ranks last; ties → the earlier sample."""
+    certainty = sample.certainty if sample.certainty is not None else float("-inf")
+    return (certainty, -sample.index)
+
+
+def argmax_sample(samples: Sequence[Sample], key: Callable[[Sample], float | None]) -> int:
+    """Index of the sample with the highest `key` (None ranks last; ties → earlier sample)."""
+
+    def rank(i: int) -> tuple[float, int]:
+        value = key(samples[i])
+        return (value if value is not None else float("-inf"), -i)
+
+    return max(range(len(samples)), key=rank)
+
+
+def _best_in_group(samples: Sequence[Sample], groups: Sequence[int | None], group: int) -> int:
+    members = [i for i, g in enumerate(groups) if g == group]
+    return max(members, key=lambda i: _certainty_key(samples[i]))
+
+
+def _decide(
+    samples: Sequence[Sample], groups: Sequence[int | None], tally: dict[int, float]
+) -> Vote:
+    if not tally:
+        return Vote(argmax_sample(samples, lambda s: s.certainty), None, {})
+
+    def strength(group: int) -> tuple[float, tuple[float, int]]:
+        # Ties between groups go to the one whose best sample is more certain (or earlier).
+        return (tally[group], _certainty_key(samples[_best_in_group(samples, groups, group)]))
+
+    group = max(tally, key=strength)
+    return Vote(_best_in_group(samples, groups, group), group, tally)
+
+
+def majority_vote(samples: Sequence[Sample], groups: Sequence[int | None]) -> Vote:
+    """Self-consistency (Wang et al. 2023): the most frequent answer wins."""
+    tally: dict[int, float] = {}
+    for group in groups:
+        if group is not None:
+            tally[group] = tally.get(group, 0) + 1
+    return _decide(samples, groups, tally)
+
+
+def borda_vote(samples: Sequence[Sample], groups: Sequence[int | None], power: float) -> Vote:
+    """Borda voting ranked by self-certainty (Kang et al. 2025, §4.2): the sample of rank r
+    (r = 1 most certain) gives its answer (N − r + 1)^p; the largest total wins. p = `borda_p`
+    (0.5 in the authors' code) moves between majority vote (p = 0) and argmax (p → ∞)."""
+    order = sorted(range(len(samples)), key=lambda i: _certainty_key(samples[i]), reverse=True)
+    n = len(samples)
+    tally: dict[int, float] = {}
+    for rank, i in enumerate(order, start=1):
+        group = groups[i]
+        if group is not None:
+            tally[group] = tally.get(group, 0.0) + (n - rank + 1) ** power
+    return _decide(samples, groups, tally)

@@ -1,0 +1,251 @@
+"""Strategies end to end: the real engine, the official `openai` client, batched sub-requests."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from tests.e2e.prometheus import metric_value, wait_for_metric
+from tests.e2e.servers import ServerProcess
+
+QUESTION = [{"role": "user", "content": "What is 2 + 3? Give only the final answer."}]
+SAMPLING = {"temperature": 0.8, "max_tokens": 32, "seed": 1234}
+
+
+def strategy_of(reply: object) -> dict:
+    return reply.model_extra["strategy"]  # type: ignore[attr-defined]
+
+
+def test_strategies_listing_comes_from_the_option_models(server: ServerProcess) -> None:
+    listing = httpx.get(f"{server.base_url}/v1/strategies").json()
+    by_name = {s["name"]: s for s in listing["data"]}
+    assert set(by_name) == {"self_consistency", "best_of_n"}
+    sc = by_name["self_consistency"]["options"]
+    assert sc["max_samples"]["default"] == 16
+    assert (sc["max_samples"]["minimum"], sc["max_samples"]["maximum"]) == (1, 64)
+    assert sc["stop"]["enum"] == ["fixed", "esc", "asc"] and sc["stop"]["default"] == "esc"
+    assert sc["window"]["default"] == 5 and sc["confidence"]["default"] == 0.95
+    assert sc["lookahead"]["default"] == 1
+    bon = by_name["best_of_n"]["options"]
+    assert bon["n"]["default"] == 8 and bon["borda_p"]["default"] == 0.5
+    assert set(bon["selection"]["enum"]) == {"self_certainty", "borda", "logprob", "majority"}
+    assert all(option.get("description") for s in listing["data"]
+               for option in s["options"].values())
+    assert {"sc8", "esc", "asc", "bon8", "borda8"} <= set(listing["presets"])
+
+
+def test_models_list_preset_aliases(client: OpenAI) -> None:
+    ids = {m.id for m in client.models.list().data}
+    assert {"smollm2", "smollm2+esc", "smollm2+bon8", "smollm2+borda8", "smollm2+sc8",
+            "smollm2+asc"} <= ids
+
+
+def test_fixed_self_consistency_accounts_for_every_token(client: OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model="smollm2", messages=QUESTION, **SAMPLING,
+        extra_body={"strategy": {"name": "self_consistency", "stop": "fixed", "max_samples": 4,
+                                 "return_candidates": True}},
+    )
+    info = strategy_of(reply)
+    assert info["name"] == "self_consistency" and info["stop"] == "fixed"
+    assert info["samples"] == 4 and info["max_samples"] == 4 and not info["stopped_early"]
+    assert info["certainty_method"] in ("topk", "exact")
+    candidates = info["candidates"]
+    assert len(candidates) == 4
+    assert reply.usage.completion_tokens == sum(c["tokens"] for c in candidates)
+    assert info["usage"]["sub_requests"] == 4
+    plain = client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=1)
+    assert reply.usage.prompt_tokens == plain.usage.prompt_tokens  # prompt counted once
+    chosen = [c for c in candidates if c["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["text"] == reply.choices[0].message.content
+    assert all(isinstance(c["certainty"], float) for c in candidates)
+    votes = info["votes"]
+    assert sum(votes.values()) == sum(1 for c in candidates if c["answer"] is not None)
+    if info["answer"] is not None:
+        assert votes[info["answer"]] == max(votes.values())
+
+
+@pytest.mark.parametrize("preset", ["sc8", "esc", "asc", "bon8", "borda8"])
+def test_every_preset_answers(client: OpenAI, preset: str) -> None:
+    reply = client.chat.completions.create(
+        model="smollm2", messages=QUESTION, **SAMPLING, extra_body={"strategy": preset}
+    )
+    info = strategy_of(reply)
+    assert info["preset"] == preset
+    assert 1 <= info["samples"] <= info["max_samples"]
+    assert reply.choices[0].message.content
+    assert reply.usage.completion_tokens >= info["samples"]
+
+
+def test_model_alias_selects_a_preset(client: OpenAI) -> None:
+    reply = client.chat.completions.create(model="smollm2+bon8", messages=QUESTION, **SAMPLING)
+    assert reply.model == "smollm2"
+    info = strategy_of(reply)
+    assert info["name"] == "best_of_n" and info["samples"] == 8
+    assert info["selection"] == "self_certainty"
+
+
+def test_completions_endpoint_runs_strategies(client: OpenAI) -> None:
+    reply = client.completions.create(
+        model="smollm2", prompt="Q: What is 2 + 3?\nA: The answer is", **SAMPLING,
+        extra_body={"strategy": {"name": "best_of_n", "n": 3, "selection": "majority"}},
+    )
+    assert reply.object == "text_completion"
+    assert strategy_of(reply)["samples"] == 3
+    assert reply.choices[0].text
+
+
+def test_seeded_strategy_is_reproducible(client: OpenAI) -> None:
+    def run() -> tuple[str, int]:
+        reply = client.chat.completions.create(
+            model="smollm2", messages=QUESTION, **SAMPLING,
+            extra_body={"strategy": {"name": "self_consistency", "stop": "asc",
+                                     "max_samples": 12, "window": 3}},
+        )
+        return reply.choices[0].message.content, strategy_of(reply)["samples"]
+
+    assert run() == run()
+
+
+def test_streaming_sends_keepalives_then_the_answer_then_strategy_and_usage(
+    server: ServerProcess,
+) -> None:
+    body = {"model": "smollm2", "messages": QUESTION, **SAMPLING, "stream": True,
+            "stream_options": {"include_usage": True},
+            "strategy": {"name": "best_of_n", "n": 4}}
+    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body,
+                      timeout=120) as response:
+        lines = [line for line in response.iter_lines() if line]
+    assert lines[0].startswith(":"), "a keep-alive comment comes first"
+    events = [line[len("data: "):] for line in lines if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    usage = chunks[-1]
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] > 0
+    final = chunks[-2]
+    assert final["choices"][0]["finish_reason"] in ("stop", "length")
+    assert final["strategy"]["samples"] == 4
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks[:-1])
+    assert text
+    assert len([c for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]) > 1
+
+
+def test_streaming_with_the_openai_client(client: OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="smollm2+borda8", messages=QUESTION, **SAMPLING, stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    final = [c for c in chunks if c.choices and c.choices[0].finish_reason][0]
+    assert final.model_extra["strategy"]["name"] == "best_of_n"
+    assert chunks[-1].usage.completion_tokens > 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"strategy": {"name": "tree_of_thought"}}, "strategy.name"),
+        ({"strategy": {"name": "self_consistency", "samples": 3}}, "strategy.samples"),
+        ({"strategy": {"name": "self_consistency", "max_samples": 65}}, "strategy.max_samples"),
+        ({"strategy": {"name": "best_of_n", "n": 0}}, "strategy.n"),
+        ({"strategy": {"name": "best_of_n", "selection": "vibes"}}, "strategy.selection"),
+        ({"strategy": {"name": "self_consistency", "answer_format": "regex:("}},
+         "strategy.answer_format"),
+        ({"strategy": "no-such-preset"}, "strategy"),
+        ({"strategy": 42}, "strategy"),
+        ({"strategy": "bon8", "temperature": 0}, "temperature"),
+        ({"strategy": "bon8", "n": 2}, "n"),
+        ({"strategy": "bon8", "logprobs": True}, "logprobs"),
+    ],
+)
+def test_invalid_strategy_requests_are_400_naming_the_option(
+    client: OpenAI, extra: dict, param: str
+) -> None:
+    sampling = {**SAMPLING, "max_tokens": 4}
+    for key in ("temperature", "n", "logprobs"):
+        if key in extra:
+            sampling[key] = extra.pop(key)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="smollm2", messages=QUESTION, **sampling,
+                                       extra_body=extra)
+    assert err.value.body["param"] == param
+    assert err.value.body["type"] == "invalid_request_error"
+
+
+def test_samples_share_one_prompt_prefill(server: ServerProcess, client: OpenAI) -> None:
+    """8 samples of a long prompt: every sample after the first reads the prompt's full KV
+    blocks from the prefix cache (DESIGN.md §4)."""
+    long_question = [{"role": "user", "content": "Here is a story. " + "The cat sat. " * 180
+                      + "How many times did the cat sit?"}]
+    hits = "vllm:prefix_cache_hits_total"
+    before = metric_value(server.base_url, hits)
+    reply = client.chat.completions.create(
+        model="smollm2", messages=long_question, temperature=0.8, max_tokens=4, seed=5,
+        extra_body={"strategy": {"name": "best_of_n", "n": 8}},
+    )
+    prompt = reply.usage.prompt_tokens
+    assert prompt > 600
+    reused = metric_value(server.base_url, hits) - before
+    block = 128  # vLLM-CPU's default KV block size
+    assert reused >= 7 * (prompt // block) * block, (reused, prompt)
+
+
+def test_strategy_metrics(server: ServerProcess, client: OpenAI) -> None:
+    base = server.base_url
+    before = metric_value(base, "refinery_strategy_requests_total", strategy="self_consistency")
+    samples_before = metric_value(base, "refinery_strategy_samples_count",
+                                  strategy="self_consistency")
+    client.chat.completions.create(
+        model="smollm2", messages=QUESTION, **SAMPLING,
+        extra_body={"strategy": {"name": "self_consistency", "stop": "fixed", "max_samples": 3}},
+    )
+    assert metric_value(base, "refinery_strategy_requests_total",
+                        strategy="self_consistency") == before + 1
+    assert metric_value(base, "refinery_strategy_samples_count",
+                        strategy="self_consistency") == samples_before + 1
+    assert metric_value(base, "refinery_subrequest_tokens_total", kind="completion") > 0
+    assert metric_value(base, "refinery_subrequest_tokens_total", kind="prompt") > 0
+    assert "refinery_samples_saved_total" in httpx.get(f"{base}/metrics").text
+    assert metric_value(base, "refinery_subrequests_running") == 0
+
+
+LONG_STRATEGY = {"model": "smollm2", "messages": [{"role": "user", "content": "Count to 1000."}],
+                 "temperature": 0.8, "max_tokens": 3000, "ignore_eos": True,
+                 "strategy": {"name": "best_of_n", "n": 8}}
+
+
+def test_disconnect_aborts_every_sub_request(server: ServerProcess) -> None:
+    base = server.base_url
+    assert wait_for_metric(base, "refinery_subrequests_running", 0, timeout=10) == 0
+
+    def doomed() -> None:
+        # The client gives up (and closes the connection) long before 8 × 3000 tokens.
+        with contextlib.suppress(httpx.ReadTimeout):
+            httpx.post(f"{base}/v1/chat/completions", json=LONG_STRATEGY, timeout=4)
+
+    worker = threading.Thread(target=doomed)
+    worker.start()
+    assert wait_for_metric(base, "refinery_subrequests_running", 8, timeout=10) == 8
+    worker.join()
+    assert wait_for_metric(base, "refinery_subrequests_running", 0, timeout=5) == 0
+    assert wait_for_metric(base, "vllm:num_requests_running", 0, timeout=5) == 0
+
+
+def test_streaming_disconnect_aborts_every_sub_request(server: ServerProcess) -> None:
+    base = server.base_url
+    with httpx.stream("POST", f"{base}/v1/chat/completions",
+                      json={**LONG_STRATEGY, "stream": True}, timeout=60) as response:
+        lines = response.iter_lines()  # kept referenced: dropping it closes the connection
+        assert next(lines).startswith(":")
+        assert wait_for_metric(base, "refinery_subrequests_running", 8, timeout=10) == 8
+    assert wait_for_metric(base, "refinery_subrequests_running", 0, timeout=5) == 0
+    assert wait_for_metric(base, "vllm:num_requests_running", 0, timeout=5) == 0
