@@ -135,7 +135,7 @@ def _engine_config(
     Passing Refinery's defaults (`server.cli.apply_engine_defaults`) explicitly to both keeps
     the comparison like for like even if those defaults change.
     """
-    flags = ["--enable-prefix-caching"]
+    flags = ["--enable-prefix-caching", "--scheduling-policy", "priority"]
     env = {"VLLM_CPU_KVCACHE_SPACE": f"{kv_cache_space:g}"}
     if _on_cpu():
         flags.append("--no-enable-chunked-prefill")

