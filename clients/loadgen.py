@@ -126,11 +126,13 @@ async def run_streaming_load(
     seed: int | None = None,
     timeout_s: float = 600.0,
     transport: httpx.AsyncBaseTransport | None = None,
+    extra_body: Mapping[str, Any] | None = None,
 ) -> LoadResult:
     """Send `requests` streaming completions (prompts cycled), `concurrency` in flight at most.
 
     Sampling is greedy (temperature 0) unless `seed` is given, then seeded at temperature 1.
-    `transport` replaces the network (tests pass an in-process one). Any failed request raises
+    `transport` replaces the network (tests pass an in-process one); `extra_body` adds fields to
+    every request (e.g. `logprobs`, `vllm_xargs`). Any failed request raises
     `LoadError` and cancels the rest: a load with failures measures nothing comparable.
     """
     if requests < 1 or concurrency < 1 or max_tokens < 1 or not prompts:
@@ -151,6 +153,7 @@ async def run_streaming_load(
             "ignore_eos": True,
             **sampling,
             **extra,
+            **(extra_body or {}),
         }
 
     async def limited(client: httpx.AsyncClient, index: int) -> RequestRecord:

@@ -27,6 +27,7 @@ __all__ = [
     "refinery_command",
     "running",
     "spawn",
+    "VLLM_ENV",
     "vllm_command",
 ]
 
@@ -44,6 +45,11 @@ def free_port() -> int:
 def refinery_command(port: int, *args: str) -> list[str]:
     return [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1",
             "--port", str(port), *args]
+
+
+# Refinery's certainty plugin is a `vllm.general_plugins` entry point, so a vLLM in the same
+# environment would load it too: plain `vllm serve` runs without it.
+VLLM_ENV = {"REFINERY_CERTAINTY": "off"}
 
 
 def vllm_command(port: int, model: str | Path, *args: str) -> list[str]:

@@ -86,6 +86,10 @@ def resolve_serve_args(argv: Sequence[str]) -> tuple[Any, argparse.Namespace]:
     if not served and settings.served_model_name:
         args.served_model_name = [settings.served_model_name]
     apply_engine_defaults(args)
+    if getattr(args, "speculative_config", None) and settings.certainty:
+        parser.error("exact self-certainty (REFINERY_CERTAINTY=on, the default) does not cover "
+                     "speculative decoding: set REFINERY_CERTAINTY=off to use "
+                     "--speculative-config")
     return settings, args
 
 

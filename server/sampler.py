@@ -6,9 +6,12 @@ blocks (DESIGN.md §4: 8 separate requests submitted together share full blocks 
 request). Each sample is its own engine request, so it can be aborted alone: cancelling the
 task that iterates `AsyncLLM.generate()` aborts it in the engine.
 
-Self-certainty here is the top-k estimate (DeepConf-style token confidence: minus the mean of
-the top-20 log-probabilities, averaged over the sample's tokens), computed from the logprobs
-vLLM returns with each token; `certainty_method` says so.
+Self-certainty is exact when Refinery's vLLM plugin is active in this process
+(`server.engine.certainty`, on by default): the engine computes it from the full logits of every
+step, and the sub-requests only ask for the sampled token's logprob (`logprobs=0`, free).
+Otherwise it is the top-k estimate (DeepConf-style token confidence: minus the mean of the
+top-20 log-probabilities), computed here from the logprobs vLLM returns with each token.
+`certainty_method` says which.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from server.engine import certainty
+from server.engine.certainty.summary import summarise
 from server.metrics import SUBREQUEST_TOKENS, SUBREQUESTS_RUNNING
 from strategies.base import Sample
 
@@ -25,27 +30,26 @@ if TYPE_CHECKING:
     from vllm.sampling_params import SamplingParams
     from vllm.v1.engine.async_llm import AsyncLLM
 
-__all__ = ["TOPK_CERTAINTY", "SamplerUsage", "VllmSampler", "topk_confidence_sum"]
+__all__ = ["TOPK_CERTAINTY", "SamplerUsage", "VllmSampler", "topk_confidences"]
 
 # vLLM's cap on returned logprobs (max_logprobs) and DeepConf's k.
 TOPK_CERTAINTY = 20
 
 
-def topk_confidence_sum(logprobs: Any, k: int = TOPK_CERTAINTY) -> tuple[float, int]:
-    """(Σ over positions of −mean(top-k logprobs), number of positions) of a FlatLogprobs.
+def topk_confidences(logprobs: Any, k: int = TOPK_CERTAINTY) -> list[float]:
+    """−mean(top-k logprobs) of every position of a FlatLogprobs (DeepConf token confidence).
 
     Entries of rank ≤ k are the top-k; the sampled token is also listed when it ranked lower.
-    Sums, not means, so that the deltas of a streamed sample can be added up.
     """
     if logprobs is None:
-        return 0.0, 0
-    total = 0.0
+        return []
+    confidences = []
     for start, end in zip(logprobs.start_indices, logprobs.end_indices, strict=True):
         top = [lp for lp, rank in zip(logprobs.logprobs[start:end], logprobs.ranks[start:end],
                                       strict=True) if rank is not None and rank <= k]
         if top:
-            total -= sum(top) / len(top)
-    return total, len(logprobs.start_indices)
+            confidences.append(-sum(top) / len(top))
+    return confidences
 
 
 @dataclass
@@ -61,8 +65,6 @@ class SamplerUsage:
 class VllmSampler:
     """Samples one rendered prompt with one request's sampling parameters."""
 
-    certainty_method = "topk"
-
     def __init__(
         self,
         engine: AsyncLLM,
@@ -77,10 +79,17 @@ class VllmSampler:
         self._prompt = prompt
         self._request_id = request_id
         self._base_seed = params.seed
+        self._exact = certainty.active()
+        self.certainty_method = "exact" if self._exact else "topk"
         template = params.clone()
         template.n = 1
-        template.logprobs = TOPK_CERTAINTY
         template.flat_logprobs = True
+        if self._exact:
+            template.logprobs = 0
+            template.extra_args = {**(template.extra_args or {}),
+                                   certainty.CERTAINTY_EXTRA_ARG: 1}
+        else:
+            template.logprobs = TOPK_CERTAINTY
         # Deltas: tokens are counted as they come, so an aborted sample's tokens are counted too.
         template.output_kind = RequestOutputKind.DELTA
         self._template = template
@@ -104,7 +113,8 @@ class VllmSampler:
     async def _draw(self, index: int, params: SamplingParams, priority: int) -> Sample:
         text_parts: list[str] = []
         token_ids: list[int] = []
-        confidence_sum, positions = 0.0, 0
+        topk: list[float] = []
+        exact: certainty.TokenStatistics | None = None
         finish_reason = stop_reason = cumulative = None
         SUBREQUESTS_RUNNING.inc()
         try:
@@ -115,9 +125,10 @@ class VllmSampler:
                 text_parts.append(delta.text)
                 token_ids.extend(delta.token_ids)
                 self.usage.completion_tokens += len(delta.token_ids)
-                step_sum, step_positions = topk_confidence_sum(delta.logprobs)
-                confidence_sum += step_sum
-                positions += step_positions
+                if self._exact:
+                    exact = certainty.statistics_of(delta) or exact
+                else:
+                    topk.extend(topk_confidences(delta.logprobs))
                 cumulative = delta.cumulative_logprob
                 finish_reason, stop_reason = delta.finish_reason, delta.stop_reason
         except asyncio.CancelledError:
@@ -127,13 +138,27 @@ class VllmSampler:
         finally:
             SUBREQUESTS_RUNNING.dec()
         SUBREQUEST_TOKENS.labels("completion").inc(len(token_ids))
+        if self._exact:
+            if token_ids and (exact is None or len(exact) != len(token_ids)):
+                raise RuntimeError(
+                    "the certainty plugin is active in the API process but the engine returned "
+                    f"values for {0 if exact is None else len(exact)} of {len(token_ids)} "
+                    "tokens: its worker processes did not load it")
+            per_token = exact.certainty if exact is not None else []
+            summary = summarise(per_token, exact.entropy if exact is not None else None)
+        else:
+            per_token = topk
+            summary = summarise(topk)
         return Sample(
             index=index,
             text="".join(text_parts),
             token_ids=tuple(token_ids),
             finish_reason=finish_reason,
             cumulative_logprob=cumulative,
-            certainty=confidence_sum / positions if positions else None,
+            certainty=summary.certainty if summary else None,
+            entropy=summary.entropy if summary else None,
+            lowest_group_certainty=summary.lowest_group_certainty if summary else None,
+            token_certainty=tuple(per_token),
             stop_reason=stop_reason,
         )
 

@@ -67,6 +67,11 @@ class Settings(BaseSettings):
         le=60,
         description="Seconds between SSE keep-alive comments while a streamed strategy works.",
     )
+    certainty: bool = Field(
+        default=True,
+        description="Exact self-certainty computed in vLLM's sampler by Refinery's plugin "
+        "(on/off). Off: strategies use the top-20 logprob estimate.",
+    )
     cache_dir: Path = Field(
         default_factory=default_cache_dir,
         validation_alias=AliasChoices("REFINERY_CACHE", "REFINERY_CACHE_DIR"),

@@ -37,9 +37,16 @@ class Sample:
     finish_reason: str | None
     cumulative_logprob: float | None = None
     # Mean self-certainty over the generated tokens (higher = more confident), or None when the
-    # backend gave nothing to compute it from.
+    # backend gave nothing to compute it from. Exact or the top-k estimate: see
+    # Sampler.certainty_method.
     certainty: float | None = None
     stop_reason: str | int | None = None
+    # Mean next-token entropy in nats (exact certainty only).
+    entropy: float | None = None
+    # Lowest mean certainty over a sliding window of tokens (DeepConf "group confidence").
+    lowest_group_certainty: float | None = None
+    # The per-token values `certainty` is the mean of.
+    token_certainty: tuple[float, ...] = ()
 
     @property
     def num_tokens(self) -> int:

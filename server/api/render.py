@@ -96,6 +96,8 @@ def strategy_info(outcome: StrategyOutcome) -> dict[str, Any]:
                 "text": sample.text,
                 "answer": answer,
                 "certainty": sample.certainty,
+                "entropy": sample.entropy,
+                "lowest_group_certainty": sample.lowest_group_certainty,
                 "mean_logprob": sample.mean_logprob,
                 "tokens": sample.num_tokens,
                 "finish_reason": sample.finish_reason,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from clients.servers import (
     REFINERY_READY,
+    VLLM_ENV,
     VLLM_READY,
     ServerProcess,
     free_port,
@@ -37,4 +38,4 @@ def start_vllm(logs: Path, model: Path, *args: str) -> ServerProcess:
              "--no-enable-chunked-prefill", "--scheduling-policy", "priority",
              *COMMON_ENGINE_FLAGS, *args)
     return spawn(vllm_command(port, model, *flags), logs / f"vllm-{port}.log", port=port,
-                 ready_paths=VLLM_READY, env=COMMON_ENV)
+                 ready_paths=VLLM_READY, env={**COMMON_ENV, **VLLM_ENV})

@@ -55,7 +55,7 @@ def test_fixed_self_consistency_accounts_for_every_token(client: OpenAI) -> None
     info = strategy_of(reply)
     assert info["name"] == "self_consistency" and info["stop"] == "fixed"
     assert info["samples"] == 4 and info["max_samples"] == 4 and not info["stopped_early"]
-    assert info["certainty_method"] in ("topk", "exact")
+    assert info["certainty_method"] == "exact"  # the plugin is on by default
     candidates = info["candidates"]
     assert len(candidates) == 4
     assert reply.usage.completion_tokens == sum(c["tokens"] for c in candidates)
@@ -89,6 +89,25 @@ def test_model_alias_selects_a_preset(client: OpenAI) -> None:
     info = strategy_of(reply)
     assert info["name"] == "best_of_n" and info["samples"] == 8
     assert info["selection"] == "self_certainty"
+
+
+def test_best_of_n_picks_the_sample_of_highest_exact_certainty(client: OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Name a fruit."}], **SAMPLING,
+        extra_body={"strategy": {"name": "best_of_n", "n": 4, "selection": "self_certainty",
+                                 "return_candidates": True}},
+    )
+    info = strategy_of(reply)
+    assert info["certainty_method"] == "exact"
+    candidates = info["candidates"]
+    assert len(candidates) == 4
+    for candidate in candidates:
+        # KL(U‖p) lies in [0, log V]; entropy in [0, log V] nats (V = 49152).
+        assert 0 < candidate["certainty"] < 10.81
+        assert 0 <= candidate["entropy"] < 10.81
+        assert candidate["lowest_group_certainty"] <= candidate["certainty"] + 1e-9
+    best = max(candidates, key=lambda c: c["certainty"])
+    assert best["chosen"] and best["text"] == reply.choices[0].message.content
 
 
 def test_completions_endpoint_runs_strategies(client: OpenAI) -> None:
