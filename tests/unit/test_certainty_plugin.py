@@ -14,6 +14,7 @@ from server.engine.certainty.internals import Hooked, VllmMismatch, check_intern
 from server.engine.certainty.reductions import (
     STATISTICS_TAG,
     append_statistics,
+    statistics_from_logprobs,
     token_statistics,
 )
 from server.engine.certainty.summary import lowest_window_mean, summarise
@@ -40,6 +41,15 @@ def test_token_statistics_match_the_definition(dtype: torch.dtype) -> None:
     assert torch.allclose(statistics[:, 0].double(), kl, atol=1e-4)
     assert torch.allclose(statistics[:, 1].double(), entropy, atol=1e-4)
     assert torch.equal(logits, before)  # the sampler reads them afterwards
+
+
+def test_statistics_from_vllms_log_softmax_equal_those_from_the_logits() -> None:
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(5, 49152, generator=generator) * 4 + 3
+    from_logprobs = statistics_from_logprobs(logits.log_softmax(dim=-1, dtype=torch.float32))
+    kl, entropy = _float64_reference(logits)
+    assert torch.allclose(from_logprobs[:, 0].double(), kl, atol=1e-4)
+    assert torch.allclose(from_logprobs[:, 1].double(), entropy, atol=1e-4)
 
 
 def test_uniform_logits_have_zero_certainty_and_full_entropy() -> None:

@@ -37,6 +37,7 @@ HOOKED: tuple[Hooked, ...] = (
     Hooked("vllm.v1.sample.sampler", "Sampler.forward",
            ("self", "logits", "sampling_metadata", "predict_bonus_token",
             "logprobs_mode_override")),
+    Hooked("vllm.v1.sample.sampler", "Sampler.compute_logprobs", ("logits",)),
     Hooked("vllm.v1.worker.gpu_model_runner", "apply_grammar_bitmask",
            ("scheduler_output", "grammar_output", "input_batch", "logits")),
     Hooked("vllm.v1.outputs", "SamplerOutput", fields=("sampled_token_ids", "logprobs_tensors")),

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-__all__ = ["STATISTICS_TAG", "append_statistics", "token_statistics"]
+__all__ = ["STATISTICS_TAG", "append_statistics", "statistics_from_logprobs", "token_statistics"]
 
 # Token id of the two extra columns. Negative: no tokenizer has it, so a tagged row can never be
 # confused with real top-k logprobs.
@@ -37,6 +37,17 @@ def token_statistics(logits: torch.Tensor) -> torch.Tensor:
     probs = torch.exp(z - lse.unsqueeze(-1))
     # Σ_j p_j z_j. (Not as a bmm: on CPU that lost three digits against float64.)
     entropy = lse - torch.linalg.vecdot(probs, z)
+    return torch.stack((certainty, entropy), dim=1)
+
+
+def statistics_from_logprobs(logprobs: torch.Tensor) -> torch.Tensor:
+    """The same two values from a float32 log-softmax of the raw logits, log p = z − lse.
+
+    KL(U ‖ p) = −log V − mean(log p) and H(p) = −Σ_j p_j log p_j. Where vLLM already computed
+    the log-softmax (sampled-token logprobs on model runner V1), this saves the logsumexp pass.
+    """
+    certainty = -logprobs.mean(dim=-1) - math.log(logprobs.shape[-1])
+    entropy = -torch.linalg.vecdot(logprobs.exp(), logprobs)
     return torch.stack((certainty, entropy), dim=1)
 
 

@@ -26,7 +26,11 @@ from typing import Any
 
 import torch
 
-from server.engine.certainty.reductions import append_statistics, token_statistics
+from server.engine.certainty.reductions import (
+    append_statistics,
+    statistics_from_logprobs,
+    token_statistics,
+)
 
 __all__ = ["install_worker_hooks"]
 
@@ -54,6 +58,30 @@ class _MaskedLogitsStatistics:
 _masked = _MaskedLogitsStatistics()
 
 
+class _RawLogprobs:
+    """The log-softmax V1's sampler computes of the raw logits, kept for the sampler hook.
+
+    With `logprobs_mode="raw_logprobs"` (vLLM's default) `Sampler.forward` starts with
+    `compute_logprobs(logits)` on the untouched logits whenever the batch wants logprobs; the
+    statistics follow from it in two passes instead of recomputing a logsumexp.
+    """
+
+    def __init__(self) -> None:
+        self._logits: torch.Tensor | None = None
+        self._logprobs: torch.Tensor | None = None
+
+    def store(self, logits: torch.Tensor, logprobs: torch.Tensor) -> None:
+        self._logits, self._logprobs = logits, logprobs
+
+    def take(self, logits: torch.Tensor) -> torch.Tensor | None:
+        logprobs = self._logprobs if self._logits is logits else None
+        self._logits = self._logprobs = None
+        return logprobs
+
+
+_raw_logprobs = _RawLogprobs()
+
+
 def _statistics_for(logits: torch.Tensor, wanted: bool) -> torch.Tensor | None:
     """The step's statistics when the batch returns logprobs; clears the mask hook's entry."""
     masked = _masked.take(logits)
@@ -68,15 +96,36 @@ def _wrap_v1_sampler(forward: Callable[..., Any]) -> Callable[..., Any]:
                         logprobs_mode_override=None):
         num_logprobs = sampling_metadata.max_num_logprobs
         wanted = num_logprobs is not None and num_logprobs >= 0 and not predict_bonus_token
-        statistics = _statistics_for(logits, wanted)
+        reuses_logprobs = (logprobs_mode_override or self.logprobs_mode) == "raw_logprobs"
+        masked = _masked.take(logits)
+        computed = None
+        if wanted and masked is None and not reuses_logprobs:
+            computed = token_statistics(logits)  # now: float32 logits get modified in place
         output = forward(self, logits, sampling_metadata, predict_bonus_token,
                          logprobs_mode_override)
-        if statistics is not None and output.logprobs_tensors is not None:
+        raw_logprobs = _raw_logprobs.take(logits)
+        if not wanted or output.logprobs_tensors is None:
+            return output
+        statistics = masked if masked is not None else computed
+        if statistics is None and raw_logprobs is not None:
+            statistics = statistics_from_logprobs(raw_logprobs)
+        if statistics is not None:
             output.logprobs_tensors = append_statistics(output.logprobs_tensors, statistics)
         return output
 
     sampler_forward.__refinery_hook__ = True
     return sampler_forward
+
+
+def _wrap_v1_logprobs(compute: Callable[..., Any]) -> staticmethod:
+    @functools.wraps(compute)
+    def compute_logprobs(logits):
+        logprobs = compute(logits)
+        _raw_logprobs.store(logits, logprobs)
+        return logprobs
+
+    compute_logprobs.__refinery_hook__ = True
+    return staticmethod(compute_logprobs)
 
 
 def _wrap_v1_mask(apply_mask: Callable[..., Any]) -> Callable[..., Any]:
@@ -129,6 +178,8 @@ def install_worker_hooks() -> None:
 
     if not _hooked(V1Sampler.forward):
         V1Sampler.forward = _wrap_v1_sampler(V1Sampler.forward)
+    if not _hooked(V1Sampler.compute_logprobs):
+        V1Sampler.compute_logprobs = _wrap_v1_logprobs(V1Sampler.compute_logprobs)
     if not _hooked(gpu_model_runner.apply_grammar_bitmask):
         gpu_model_runner.apply_grammar_bitmask = _wrap_v1_mask(
             gpu_model_runner.apply_grammar_bitmask)
