@@ -139,7 +139,7 @@ def _engine_config(
     flags = ["--enable-prefix-caching", "--scheduling-policy", "priority"]
     env = {"VLLM_CPU_KVCACHE_SPACE": f"{kv_cache_space:g}"}
     if _on_cpu():
-        flags.append("--no-enable-chunked-prefill")
+        flags.extend(["--no-enable-chunked-prefill", "--enforce-eager"])
         env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
     return flags + user_flags, env
 

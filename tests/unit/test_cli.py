@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from server.cli import apply_engine_defaults, main, resolve_serve_args
+from server.cli import apply_engine_defaults, cpu_kv_cache_default_gib, main, resolve_serve_args
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +64,8 @@ def test_unknown_flag_is_refused() -> None:
 def _namespace(**overrides: object) -> argparse.Namespace:
     return argparse.Namespace(
         **{"enable_prefix_caching": None, "enable_chunked_prefill": None,
-           "scheduling_policy": None, **overrides}
+           "scheduling_policy": None, "kv_cache_memory_bytes": None, "enforce_eager": None,
+           **overrides}
     )
 
 
@@ -76,18 +77,40 @@ def test_cpu_defaults_prefix_caching_on_chunked_prefill_off_no_reserved_core(
     assert args.enable_prefix_caching is True
     assert args.enable_chunked_prefill is False
     assert args.scheduling_policy == "priority"
+    assert args.enforce_eager is True
     assert os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
 
 
 def test_user_choices_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", "1")
     args = _namespace(enable_prefix_caching=False, enable_chunked_prefill=True,
-                      scheduling_policy="fcfs")
+                      scheduling_policy="fcfs", enforce_eager=False)
     apply_engine_defaults(args, on_cpu=True)
+    assert args.enforce_eager is False
     assert args.enable_prefix_caching is False
     assert args.enable_chunked_prefill is True
     assert args.scheduling_policy == "fcfs"
     assert os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"
+
+
+def test_cpu_kv_cache_is_sized_unless_the_user_sized_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    args = _namespace()
+    apply_engine_defaults(args, on_cpu=True)
+    assert args.kv_cache_memory_bytes == cpu_kv_cache_default_gib() * 2**30
+    chosen = _namespace(kv_cache_memory_bytes=123 * 2**20)
+    apply_engine_defaults(chosen, on_cpu=True)
+    assert chosen.kv_cache_memory_bytes == 123 * 2**20
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "2")
+    from_env = _namespace()
+    apply_engine_defaults(from_env, on_cpu=True)
+    assert from_env.kv_cache_memory_bytes is None  # vLLM reads the variable itself
+
+
+def test_cpu_kv_cache_default_fits_small_machines() -> None:
+    assert cpu_kv_cache_default_gib(64 * 2**30) == 4
+    assert cpu_kv_cache_default_gib(10 * 2**30) == 2
+    assert cpu_kv_cache_default_gib(2**30) == 1
 
 
 def test_gpu_keeps_vllm_chunked_prefill_default() -> None:
@@ -95,6 +118,7 @@ def test_gpu_keeps_vllm_chunked_prefill_default() -> None:
     apply_engine_defaults(args, on_cpu=False)
     assert args.enable_prefix_caching is True
     assert args.enable_chunked_prefill is None
+    assert args.enforce_eager is False
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
