@@ -125,3 +125,23 @@ def adapter_expressions() -> dict[str, str]:
         f"{path.name} rule {i}": rule["seriesQuery"]
         for i, rule in enumerate(values["rules"]["custom"])
     }
+
+
+EXAMPLE_IDS = [path.stem for path in EXAMPLES]
+VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
+
+
+def example_values(name: str) -> dict[str, Any]:
+    """deploy/examples/<name>.yaml as values."""
+    return yaml.safe_load((REPO / "deploy" / "examples" / f"{name}.yaml").read_text())
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    """A container's environment: name → value, or the valueFrom reference."""
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def server_container(manifests: list[dict[str, Any]]) -> dict[str, Any]:
+    """The one container that runs `refinery serve` (the server, or the multi-node leader)."""
+    (container,) = [c for role, c in containers(manifests) if role in ("server", "leader")]
+    return container
