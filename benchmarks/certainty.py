@@ -35,6 +35,7 @@ from pathlib import Path
 
 from clients.loadgen import run_streaming_load
 from clients.servers import REFINERY_READY, free_port, refinery_command, running, spawn
+from harness import offline_llm, save_figure, split_engine_flags
 
 REPO = Path(__file__).resolve().parents[1]
 SERVED = "smollm2"
@@ -92,20 +93,12 @@ class DrawnSample:
 def draw_samples(args: argparse.Namespace, model: Path, engine_flags: list[str]
                  ) -> tuple[list[DrawnSample], str]:
     from tqdm import tqdm
-    from vllm import LLM, SamplingParams
-    from vllm.engine.arg_utils import EngineArgs
+    from vllm import SamplingParams
 
-    from server.cli import resolve_serve_args
     from server.engine import certainty
     from server.sampler import topk_confidences
 
-    _, serve_args = resolve_serve_args([str(model), *engine_flags])
-    engine_args = EngineArgs.from_cli_args(serve_args)
-    llm = LLM(**{f: getattr(engine_args, f) for f in ("model", "enforce_eager",
-                                                        "enable_prefix_caching",
-                                                        "enable_chunked_prefill",
-                                                        "max_model_len", "dtype")
-                 if getattr(engine_args, f, None) is not None})
+    llm = offline_llm(model, engine_flags)
     assert certainty.active(), "the plugin must be on for the agreement measurement"
     tokenizer = llm.get_tokenizer()
     per_prompt = 8
@@ -178,15 +171,11 @@ def _plot(runs: list[CostRun], samples: Sequence[DrawnSample], png: Path) -> Non
     right.set(title="Per sample: exact self-certainty vs top-20 estimate",
               xlabel="exact self-certainty (mean KL(U‖p))",
               ylabel="top-20 estimate (−mean top-20 logprob)")
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    save_figure(fig, png)
 
 
 def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    argv = list(argv)
-    cut = argv.index("--") if "--" in argv else len(argv)
+    own, engine_flags = split_engine_flags(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=128)
@@ -194,7 +183,7 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--kv-cache-space", type=float, default=2.0)
     parser.add_argument("--out-png", type=Path, default=REPO / "docs" / "certainty.png")
-    return parser.parse_args(argv[:cut]), argv[cut + 1:]
+    return parser.parse_args(own), engine_flags
 
 
 def main(argv: Sequence[str]) -> int:

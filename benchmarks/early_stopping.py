@@ -34,6 +34,7 @@ import httpx
 from tqdm import tqdm
 
 from clients.servers import REFINERY_READY, free_port, refinery_command, running, spawn
+from harness import save_figure, split_engine_flags
 from strategies.answers import (
     AnswerGroups,
     answers_equivalent,
@@ -129,8 +130,7 @@ def correct(answer: str | None, gold: str) -> bool:
 
 
 def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    argv = list(argv)
-    cut = argv.index("--") if "--" in argv else len(argv)
+    own, engine_flags = split_engine_flags(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="chain_sum")
     parser.add_argument("--questions", type=int, default=100)
@@ -138,7 +138,7 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--out-png", type=Path, default=REPO / "docs" / "early_stopping.png")
-    return parser.parse_args(argv[:cut]), argv[cut + 1:]
+    return parser.parse_args(own), engine_flags
 
 
 def _plot(rows: list[dict], png: Path) -> None:
@@ -154,10 +154,7 @@ def _plot(rows: list[dict], png: Path) -> None:
                     textcoords="offset points", xytext=(5, 4))
     ax.set(title="Samples used vs accuracy (live, through the server)",
            xlabel="mean samples per question", ylabel="accuracy %")
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    save_figure(fig, png)
 
 
 def main(argv: Sequence[str]) -> int:

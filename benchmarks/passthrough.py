@@ -42,6 +42,7 @@ from clients.servers import (
     spawn,
     vllm_command,
 )
+from harness import save_figure, split_engine_flags
 
 REPO = Path(__file__).resolve().parents[1]
 SERVED_NAME = "smollm2"
@@ -305,15 +306,11 @@ def _plot(samples: Sequence[RunSample], png: Path) -> None:
     )
     left.legend()
     right.legend()
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    save_figure(fig, png)
 
 
 def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    argv = list(argv)
-    cut = argv.index("--") if "--" in argv else len(argv)
+    own, engine_flags = split_engine_flags(argv)
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="Arguments after `--` are engine flags given to both servers.",
@@ -337,7 +334,7 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     )
     parser.add_argument("--startup-timeout", type=float, default=600.0)
     parser.add_argument("--out-png", type=Path, default=REPO / "docs" / "passthrough.png")
-    return parser.parse_args(argv[:cut]), argv[cut + 1 :]
+    return parser.parse_args(own), engine_flags
 
 
 def main(argv: Sequence[str]) -> int:

@@ -36,6 +36,7 @@ from pathlib import Path
 import httpx
 
 from clients.servers import REFINERY_READY, free_port, refinery_command, running, spawn
+from harness import offline_llm, save_figure, split_engine_flags
 
 REPO = Path(__file__).resolve().parents[1]
 SERVED = "smollm2"
@@ -121,8 +122,7 @@ def computed_prompt_tokens(base_url: str) -> tuple[float, float]:
 
 
 def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    argv = list(argv)
-    cut = argv.index("--") if "--" in argv else len(argv)
+    own, engine_flags = split_engine_flags(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--questions", type=int, default=16)
     parser.add_argument("--samples", type=int, default=8)
@@ -130,7 +130,7 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--kv-cache-space", type=float, default=2.0)
     parser.add_argument("--out-png", type=Path, default=REPO / "docs" / "strategy_overhead.png")
-    return parser.parse_args(argv[:cut]), argv[cut + 1:]
+    return parser.parse_args(own), engine_flags
 
 
 def _plot(runs: list[Run], png: Path) -> None:
@@ -150,34 +150,20 @@ def _plot(runs: list[Run], png: Path) -> None:
     ax.set(title="Self-consistency, N samples per question: output tokens/s per round",
            xlabel="round", ylabel="tokens/s", xticks=rounds)
     ax.legend()
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    save_figure(fig, png)
 
 
 def main(argv: Sequence[str]) -> int:
     args, engine_flags = _parse(argv)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{args.kv_cache_space:g}")
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-    from server.cli import resolve_serve_args
     from server.models import ensure_embedded_model
     from server.settings import Settings
 
     model = ensure_embedded_model(Settings().cache_dir)
     texts = prompts(args.questions)
 
-    # The offline engine gets exactly the engine arguments `refinery serve` resolves.
-    _, serve_args = resolve_serve_args([str(model), *engine_flags])
-    from vllm import LLM
-    from vllm.engine.arg_utils import EngineArgs
-
-    engine_args = EngineArgs.from_cli_args(serve_args)
-    llm = LLM(**{f: getattr(engine_args, f) for f in ("model", "enforce_eager",
-                                                        "enable_prefix_caching",
-                                                        "enable_chunked_prefill",
-                                                        "max_model_len", "block_size", "dtype")
-                 if getattr(engine_args, f, None) is not None})
+    llm = offline_llm(model, engine_flags)  # exactly the engine arguments of `refinery serve`
     logs = Path(tempfile.mkdtemp(prefix="refinery-strategy-overhead-"))
     port = free_port()
     server = spawn(refinery_command(port, str(model), "--served-model-name", SERVED,

@@ -126,7 +126,8 @@ class VllmSampler:
                 token_ids.extend(delta.token_ids)
                 self.usage.completion_tokens += len(delta.token_ids)
                 if self._exact:
-                    exact = certainty.statistics_of(delta) or exact
+                    # The same shared list on every output of the sample (frontend_hooks).
+                    exact = certainty.statistics_of(delta)
                 else:
                     topk.extend(topk_confidences(delta.logprobs))
                 cumulative = delta.cumulative_logprob
