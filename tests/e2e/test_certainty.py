@@ -127,10 +127,20 @@ def test_sampled_tokens_identical_with_plugin_on_and_off(fp32_on: dict, fp32_off
 
 
 def test_requests_without_certainty_are_unaffected(fp32_on: dict, fp32_off: dict) -> None:
-    """Same tokens, same top-3 logprobs, no statistics attached, no extra logprob entries."""
+    """Same tokens, same top-3 logprobs, no statistics attached, no extra logprob entries.
+
+    Values are compared to 1e-4: the two runs are separate engines that may batch the requests
+    differently, which moves the last float digits (8e-6 seen once in CI-like runs); the
+    candidate tokens and their order may not differ.
+    """
     plain_on = [r for r in fp32_on["records"] if r["kind"] == "plain"]
     plain_off = [r for r in fp32_off["records"] if r["kind"] == "plain"]
-    assert plain_on and [r["logprobs"] for r in plain_on] == [r["logprobs"] for r in plain_off]
+    assert plain_on and len(plain_on) == len(plain_off)
+    for on, off in zip(plain_on, plain_off, strict=True):
+        assert [list(p) for p in on["logprobs"]] == [list(p) for p in off["logprobs"]]
+        for position_on, position_off in zip(on["logprobs"], off["logprobs"], strict=True):
+            assert all(abs(position_on[t] - position_off[t]) <= FP32_TOLERANCE
+                       for t in position_on)
     assert all(r["certainty"] is None for r in plain_on)
     assert all(len(position) <= 4 for r in plain_on for position in r["logprobs"])
 
