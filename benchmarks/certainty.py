@@ -8,7 +8,7 @@
    request asking for certainty (`logprobs: 0`, `vllm_xargs: {"refinery_certainty": 1}`; the
    server without the plugin ignores the extra arg and does the same work otherwise). Rounds
    alternate which server goes first; the verdict is the median of per-round throughput
-   ratios on/off (DESIGN.md §6: ≤ 3% cost).
+   ratios on/off, against a target of at most 3% cost (docs/benchmarks.md).
 2. Agreement: `--samples` seeded samples drawn offline (vLLM `LLM`, plugin on) with top-20
    logprobs and the exact values of the same tokens; Spearman correlation of the top-20
    estimate (DeepConf token confidence, −mean of the top-20 logprobs) with the exact
@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clients.loadgen import run_streaming_load
-from clients.servers import REFINERY_READY, free_port, refinery_command, running, spawn
 from harness import offline_llm, save_figure, split_engine_flags
+from tests.servers import REFINERY_READY, free_port, refinery_command, running, spawn
 
 REPO = Path(__file__).resolve().parents[1]
 SERVED = "smollm2"
@@ -96,7 +96,7 @@ def draw_samples(args: argparse.Namespace, model: Path, engine_flags: list[str]
     from vllm import SamplingParams
 
     from server.engine import certainty
-    from server.sampler import topk_confidences
+    from server.engine.vllm_sampler import topk_confidences
 
     llm = offline_llm(model, engine_flags)
     assert certainty.active(), "the plugin must be on for the agreement measurement"
@@ -190,7 +190,7 @@ def main(argv: Sequence[str]) -> int:
     args, engine_flags = _parse(argv)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{args.kv_cache_space:g}")
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-    from server.models import ensure_embedded_model
+    from server.embedded_model import ensure_embedded_model
     from server.settings import Settings
 
     model = ensure_embedded_model(Settings().cache_dir)

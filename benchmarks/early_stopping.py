@@ -33,7 +33,6 @@ from pathlib import Path
 import httpx
 from tqdm import tqdm
 
-from clients.servers import REFINERY_READY, free_port, refinery_command, running, spawn
 from harness import save_figure, split_engine_flags
 from strategies.answers import (
     AnswerGroups,
@@ -44,6 +43,7 @@ from strategies.answers import (
 from strategies.base import Sample
 from strategies.self_consistency import SelfConsistencyOptions
 from strategies.voting import majority_vote
+from tests.servers import REFINERY_READY, free_port, refinery_command, running, spawn
 
 REPO = Path(__file__).resolve().parents[1]
 SERVED = "smollm2"
@@ -160,7 +160,7 @@ def _plot(rows: list[dict], png: Path) -> None:
 def main(argv: Sequence[str]) -> int:
     args, engine_flags = _parse(argv)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    from server.models import ensure_embedded_model
+    from server.embedded_model import ensure_embedded_model
     from server.settings import Settings
 
     model = ensure_embedded_model(Settings().cache_dir)

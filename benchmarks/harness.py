@@ -3,11 +3,17 @@ build the offline vLLM engine `refinery serve` would build, and save a plot."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 __all__ = ["offline_llm", "save_figure", "split_engine_flags"]
+
+# Scripts see only benchmarks/ on sys.path; the root adds tests.servers (kept out of the wheel).
+_REPO = str(Path(__file__).resolve().parents[1])
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
 
 # The engine arguments that change what an offline `LLM` computes and how fast.
 _OFFLINE_FIELDS = ("model", "enforce_eager", "enable_prefix_caching", "enable_chunked_prefill",

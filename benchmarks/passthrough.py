@@ -7,7 +7,8 @@ Only one server runs at a time (on a small CPU machine two would take each other
 Each round starts one server, warms it up, runs the streaming load, records its RSS, stops it,
 then does the same for the other; the order alternates per round (A B, B A, A B, ...), so a
 drift of the machine over time hits both sides alike. The verdict is per-round Refinery/vLLM
-ratios and differences, medians over rounds (DESIGN.md section 6): never one absolute timing.
+ratios and differences, medians over rounds, never one absolute timing, because timings on a
+shared machine are noisy (targets and past runs: docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from pathlib import Path
 import psutil
 
 from clients.loadgen import LoadResult, run_streaming_load
-from clients.servers import (
+from harness import save_figure, split_engine_flags
+from tests.servers import (
     REFINERY_READY,
     VLLM_ENV,
     VLLM_READY,
@@ -42,7 +44,6 @@ from clients.servers import (
     spawn,
     vllm_command,
 )
-from harness import save_figure, split_engine_flags
 
 REPO = Path(__file__).resolve().parents[1]
 SERVED_NAME = "smollm2"
@@ -341,7 +342,7 @@ def main(argv: Sequence[str]) -> int:
     args, engine_flags = _parse(argv)
     model = args.model
     if model is None:
-        from server.models import ensure_embedded_model
+        from server.embedded_model import ensure_embedded_model
         from server.settings import Settings
 
         model = ensure_embedded_model(Settings().cache_dir)

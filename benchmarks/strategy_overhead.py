@@ -12,9 +12,9 @@ tokens (`ignore_eos`, fixed `max_tokens`):
 - naive: Q × N concurrent plain requests to the same server (what a proxy can at best do).
 The offline engine lives in this process and the server in a subprocess; only one of them
 works at a time, rounds alternate the order, and the verdict is per-round ratios, medians over
-rounds (DESIGN.md §6: ≥ 0.9 of offline token throughput). It also reports how many prompt
-tokens the engine computed per strategy request (the rest came from the prefix cache): the
-target is one prompt prefill per request.
+rounds, against a target of ≥ 0.9 of offline token throughput (docs/benchmarks.md). It also
+reports how many prompt tokens the engine computed per strategy request (the rest came from the
+prefix cache): the target is one prompt prefill per request.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from pathlib import Path
 
 import httpx
 
-from clients.servers import REFINERY_READY, free_port, refinery_command, running, spawn
 from harness import offline_llm, save_figure, split_engine_flags
+from tests.servers import REFINERY_READY, free_port, refinery_command, running, spawn
 
 REPO = Path(__file__).resolve().parents[1]
 SERVED = "smollm2"
@@ -157,7 +157,7 @@ def main(argv: Sequence[str]) -> int:
     args, engine_flags = _parse(argv)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{args.kv_cache_space:g}")
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-    from server.models import ensure_embedded_model
+    from server.embedded_model import ensure_embedded_model
     from server.settings import Settings
 
     model = ensure_embedded_model(Settings().cache_dir)

@@ -13,24 +13,20 @@ from argparse import Namespace
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
 from server.api import chat, completions, health, metrics, models, strategies
-from server.api.cancellation import ClientDisconnected
-from server.api.errors import error_json, install_error_handlers
+from server.api.error_responses import install_error_handlers
 from server.api.middleware import RequestContextMiddleware
+from server.embedded_model import ensure_embedded_model
 from server.engine.vllm import VllmEngine
 from server.lifecycle import Lifecycle
-from server.models import ensure_embedded_model
 from server.settings import DEFAULT_SERVED_MODEL_NAME, Settings
 
 __all__ = ["create_app"]
 
 logger = logging.getLogger(__name__)
 
-# nginx's "client closed request": recorded in metrics and the access log, seen by nobody.
-_CLIENT_CLOSED_REQUEST = 499
 _ENGINE_WATCH_INTERVAL_S = 1.0
 
 
@@ -95,10 +91,5 @@ def create_app(settings: Settings, engine_args: Namespace) -> FastAPI:
     for module in (health, metrics, models, strategies, chat, completions):
         app.include_router(module.router)
     install_error_handlers(app)
-
-    async def _client_closed(_: Request, __: Exception) -> JSONResponse:
-        return error_json(_CLIENT_CLOSED_REQUEST, "client closed request", code="client_closed")
-
-    app.add_exception_handler(ClientDisconnected, _client_closed)
     app.add_middleware(RequestContextMiddleware, lifecycle=app.state.lifecycle)
     return app

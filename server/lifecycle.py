@@ -1,8 +1,8 @@
 """The server's life: starting → ready → draining → stopped, and the in-flight request count.
 
-One `Lifecycle` per app (on `app.state`). The drain rule (DESIGN.md §7): on SIGTERM, readiness
-turns false at once and new API requests are refused with 503, while requests already running
-finish, up to `drain_timeout` seconds; then the process shuts the engine down.
+One `Lifecycle` per app (on `app.state`). The drain rule (README.md, "Operations"): on SIGTERM,
+readiness turns false at once and new API requests are refused with 503, while requests already
+running finish, up to `drain_timeout` seconds; then the process shuts the engine down.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Runs the app under uvicorn with Refinery's SIGTERM drain (DESIGN.md §7).
+"""Runs the app under uvicorn with Refinery's SIGTERM drain (README.md, "Operations").
 
 uvicorn on SIGTERM closes its listening socket at once, so new requests would see connection
 errors rather than a 503, and Kubernetes could still route to the pod. Instead the first SIGTERM

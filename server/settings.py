@@ -12,20 +12,9 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["DEFAULT_SERVED_MODEL_NAME", "PRESETS", "Settings", "default_cache_dir"]
+__all__ = ["DEFAULT_SERVED_MODEL_NAME", "Settings", "default_cache_dir"]
 
 DEFAULT_SERVED_MODEL_NAME = "smollm2"
-
-# Strategy presets: `"strategy": "<preset>"` in a request body, or the model alias
-# `<model>+<preset>` for clients that can only set `model`.
-PRESETS: dict[str, dict[str, object]] = {
-    "sc8": {"name": "self_consistency", "stop": "fixed", "max_samples": 8},
-    "esc": {"name": "self_consistency", "stop": "esc"},
-    "asc": {"name": "self_consistency", "stop": "asc"},
-    "bon8": {"name": "best_of_n", "n": 8, "selection": "self_certainty"},
-    "borda8": {"name": "best_of_n", "n": 8, "selection": "borda"},
-}
-
 
 def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "refinery"

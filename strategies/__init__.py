@@ -1,9 +1,29 @@
 """Test-time strategies: pure async logic over a Sampler (no HTTP, no engine code).
 
-Importing this package registers every strategy in `REGISTRY`.
+Importing this package registers every strategy in `REGISTRY` and validates the presets.
 """
 
 from strategies import best_of_n, self_consistency  # noqa: F401  (registration)
-from strategies.base import REGISTRY, Result, Sample, Sampler, Strategy, StrategyOptions
+from strategies.base import (
+    REGISTRY,
+    Message,
+    Result,
+    Sample,
+    Sampler,
+    Strategy,
+    StrategyOptions,
+    TokenWatcher,
+)
+from strategies.presets import PRESETS
 
-__all__ = ["REGISTRY", "Result", "Sample", "Sampler", "Strategy", "StrategyOptions"]
+__all__ = [
+    "PRESETS",
+    "REGISTRY",
+    "Message",
+    "Result",
+    "Sample",
+    "Sampler",
+    "Strategy",
+    "StrategyOptions",
+    "TokenWatcher",
+]

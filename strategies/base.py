@@ -2,15 +2,17 @@
 
 A strategy is an async function of (Sampler, options) → Result. It never sees HTTP or the engine:
 the Sampler is the only way it spends tokens, so the same strategy runs on the in-process vLLM
-engine, on a remote OpenAI-compatible backend, and on the scripted fake engine of unit tests.
+engine, on a remote OpenAI-compatible backend, and on the scripted fake sampler of unit tests
+(`tests/unit/fake_sampler.py`). docs/architecture.md describes the contract and walks through
+adding a strategy.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -18,13 +20,31 @@ from strategies.answers import parse_answer_format
 
 __all__ = [
     "REGISTRY",
+    "CertaintyMethod",
+    "Message",
     "Result",
     "Sample",
     "Sampler",
     "Strategy",
     "StrategyOptions",
+    "TokenWatcher",
     "register",
 ]
+
+CertaintyMethod = Literal["exact", "topk"]
+
+# Called with the per-token certainties of a sample generated so far (the same values
+# `Sample.token_certainty` ends up with); returning True stops the sample there.
+TokenWatcher = Callable[[Sequence[float]], bool]
+
+
+@dataclass(frozen=True)
+class Message:
+    """One turn a strategy appends after the request's own conversation (e.g. a draft to
+    criticise and the instruction to criticise it)."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
 
 
 @dataclass(frozen=True)
@@ -47,6 +67,9 @@ class Sample:
     lowest_group_certainty: float | None = None
     # The per-token values `certainty` is the mean of.
     token_certainty: tuple[float, ...] = ()
+    # True when the submit's watcher asked to stop this sample: the text is cut off there and
+    # finish_reason is "abort".
+    stopped_by_watcher: bool = False
 
     @property
     def num_tokens(self) -> int:
@@ -60,18 +83,37 @@ class Sample:
 
 
 class Sampler(Protocol):
-    """Draws samples of one request's prompt with the request's own sampling parameters.
+    """Draws samples for one request: its conversation, optionally continued, with its own
+    sampling parameters unless a call overrides them.
 
     Every sample is its own engine sub-request, so it can be aborted alone. Sample i of a
-    request gets seed `seed + i` when the request is seeded, so a run is reproducible.
+    request (counted over every `submit` of that request) gets seed `seed + i` when the request
+    is seeded, so a run is reproducible. Samples of one conversation share its prompt prefill;
+    the request's usage counts each distinct prompt once.
     """
 
-    certainty_method: str  # "exact" | "topk": how Sample.certainty was computed
+    certainty_method: CertaintyMethod  # how Sample.certainty was computed
 
-    def submit(self, count: int, *, priority: int = 0) -> list[Awaitable[Sample]]:
+    def submit(
+        self,
+        count: int,
+        *,
+        messages: Sequence[Message] = (),
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        json_schema: Mapping[str, Any] | None = None,
+        priority: int = 0,
+        watch: TokenWatcher | None = None,
+    ) -> list[Awaitable[Sample]]:
         """Start `count` sub-requests now; the awaitables resolve in any order.
 
-        Lower `priority` is scheduled sooner (with `--scheduling-policy priority`).
+        - `messages`: turns appended after the request's own conversation (none: sample the
+          request as it came).
+        - `max_tokens`, `temperature`: this call's values instead of the request's (max_tokens
+          is still capped by the context left after the prompt).
+        - `json_schema`: decode under this JSON schema (structured output).
+        - `priority`: lower is scheduled sooner (with `--scheduling-policy priority`).
+        - `watch`: called as tokens arrive with the sample's certainties so far; True stops it.
         """
         ...
 
@@ -105,6 +147,10 @@ class StrategyOptions(BaseModel):
     def sample_budget(self) -> int:
         """The most samples this strategy may draw with these options."""
 
+    def budget_option(self) -> str:
+        """The option that sets `sample_budget()`, named in an over-cap error."""
+        return "max_samples"
+
 
 @dataclass(frozen=True)
 class Result:
@@ -119,27 +165,29 @@ class Result:
     details: dict[str, Any] = field(default_factory=dict)  # e.g. stop rule, selection used
 
 
-RunFunction = Callable[[Sampler, Any], Awaitable[Result]]
+OptionsT = TypeVar("OptionsT", bound=StrategyOptions)
 
 
 @dataclass(frozen=True)
-class Strategy:
+class Strategy(Generic[OptionsT]):
+    """A registered strategy: its name in requests, its options model, and its run function."""
+
     name: str
     description: str
-    options: type[StrategyOptions]
-    run: RunFunction
+    options: type[OptionsT]
+    run: Callable[[Sampler, OptionsT], Awaitable[Result]]
 
-    def parse_options(self, raw: dict[str, Any]) -> StrategyOptions:
+    def parse_options(self, raw: Mapping[str, Any]) -> OptionsT:
         """Validate request options; raises pydantic.ValidationError naming the bad option."""
         return self.options.model_validate(raw)
 
 
-REGISTRY: dict[str, Strategy] = {}
+REGISTRY: dict[str, Strategy[Any]] = {}
 
 
-def register(strategy: Strategy) -> Strategy:
+def register(strategy: Strategy[OptionsT]) -> Strategy[OptionsT]:
+    """Add a strategy to `REGISTRY` (at import of its module); a name is taken once."""
     if strategy.name in REGISTRY:
         raise ValueError(f"strategy {strategy.name!r} is registered twice")
     REGISTRY[strategy.name] = strategy
     return strategy
-

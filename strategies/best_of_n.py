@@ -36,6 +36,9 @@ class BestOfNOptions(StrategyOptions):
     def sample_budget(self) -> int:
         return self.n
 
+    def budget_option(self) -> str:
+        return "n"
+
 
 def _select(
     selection: Selection, samples: list, groups: list[int | None], borda_p: float

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 from openai import OpenAI
 
-from clients.servers import running
-from tests.e2e.servers import ServerProcess, start_refinery
+from tests.servers import ServerProcess, running, start_refinery
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -46,6 +45,6 @@ def client(server: ServerProcess) -> OpenAI:
 @pytest.fixture(scope="session")
 def embedded_model_dir(server: ServerProcess, cache_dir: Path) -> Path:
     """The converted folder the session server serves (already built by it)."""
-    from server.models import ensure_embedded_model
+    from server.embedded_model import ensure_embedded_model
 
     return ensure_embedded_model(cache_dir)

@@ -1,6 +1,6 @@
 """Tie request work to the client connection: when the client goes away, the work is cancelled
 (and with it every engine request it started: cancelling the task that iterates
-`AsyncLLM.generate()` aborts the engine request, DESIGN.md §4)."""
+`AsyncLLM.generate()` aborts the engine request; docs/architecture.md, "Cancelling")."""
 
 from __future__ import annotations
 
@@ -10,13 +10,11 @@ from typing import TypeVar
 
 from starlette.requests import Request
 
-__all__ = ["ClientDisconnected", "cancel_on_disconnect"]
+from server.exceptions import ClientDisconnected
+
+__all__ = ["cancel_on_disconnect"]
 
 T = TypeVar("T")
-
-
-class ClientDisconnected(Exception):
-    """The client closed the connection before the response was ready."""
 
 
 async def _wait_for_disconnect(request: Request) -> None:

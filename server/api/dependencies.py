@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import Request
 
 from server.engine.vllm import VllmEngine
-from server.errors import InvalidRequest, Unauthorized, Unavailable
+from server.exceptions import InvalidRequest, Unauthorized, Unavailable
 from server.lifecycle import Lifecycle, Phase
 from server.settings import Settings
 

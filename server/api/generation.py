@@ -16,13 +16,14 @@ from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 
 from server.api.cancellation import cancel_on_disconnect
 from server.api.dependencies import read_json_object
-from server.api.errors import invalid_from_validation
-from server.api.render import render_serving_result
-from server.api.strategy import run_strategy_request
+from server.api.error_responses import invalid_from_validation
+from server.api.responses import render_serving_result
+from server.api.strategy_requests import run_strategy_request
+from server.api.strategy_selection import resolve_strategy
 from server.engine.vllm import VllmEngine
-from server.errors import InvalidRequest
-from server.protocol import resolve_strategy
-from server.settings import PRESETS, Settings
+from server.exceptions import InvalidRequest
+from server.settings import Settings
+from strategies import PRESETS
 
 __all__ = ["KNOWN_CHAT_ROLES", "check_chat_roles", "handle_generation", "parse_body"]
 

@@ -1,5 +1,6 @@
-"""Per-request bookkeeping as a pure ASGI middleware: request id, access log, metrics, and the
-in-flight count that the SIGTERM drain waits on.
+"""Per-request bookkeeping as a pure ASGI middleware: request id, access log, metrics, the
+in-flight count that the SIGTERM drain waits on, and the last-resort answer to an unexpected
+exception (a 500 that still carries the request id).
 
 Pure ASGI (not BaseHTTPMiddleware) so that streaming responses and disconnect detection pass
 through untouched.
@@ -13,6 +14,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.api.error_responses import classify, log_if_server_error
 from server.lifecycle import Lifecycle
 from server.metrics import REQUEST_DURATION, REQUESTS, TIME_TO_FIRST_TOKEN
 
@@ -20,26 +22,18 @@ __all__ = ["RequestContextMiddleware", "endpoint_label"]
 
 access_log = logging.getLogger("server.access")
 
-_ENDPOINTS = frozenset(
-    {
-        "/v1/chat/completions",
-        "/v1/completions",
-        "/v1/models",
-        "/v1/strategies",
-        "/health",
-        "/ready",
-        "/metrics",
-    }
-)
 # Probes and scrapes arrive every few seconds from Kubernetes and Prometheus: logged at DEBUG.
 _QUIET_PATHS = frozenset({"/health", "/ready", "/metrics"})
 _REQUEST_ID_HEADER = b"x-request-id"
 _MAX_REQUEST_ID_LEN = 128
 
 
-def endpoint_label(path: str) -> str:
-    """A low-cardinality metric label: the route, or `other` for anything unknown."""
-    return path if path in _ENDPOINTS else "other"
+def endpoint_label(scope: Scope) -> str:
+    """A low-cardinality metric label: the path template of the route the router matched
+    (set in the scope as it routes), or `other` when none matched."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "other"
 
 
 def _request_id(scope: Scope) -> str:
@@ -69,17 +63,17 @@ class RequestContextMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
 
         path: str = scope["path"]
-        endpoint = endpoint_label(path)
         counts_as_work = path.startswith("/v1/")
         start = time.perf_counter()
         status = 500
+        started = False
         streaming = False
         first_chunk_seen = False
 
         async def send_with_context(message: Message) -> None:
-            nonlocal status, streaming, first_chunk_seen
+            nonlocal status, started, streaming, first_chunk_seen
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 out_headers = list(message.get("headers", ()))
                 out_headers.append((_REQUEST_ID_HEADER, request_id.encode("latin-1")))
                 message = dict(message, headers=out_headers)
@@ -92,16 +86,26 @@ class RequestContextMiddleware:
                 # SSE comment lines (":") are keep-alives, not tokens.
                 if body and not body.startswith(b":"):
                     first_chunk_seen = True
-                    TIME_TO_FIRST_TOKEN.labels(endpoint).observe(time.perf_counter() - start)
+                    TIME_TO_FIRST_TOKEN.labels(endpoint_label(scope)).observe(
+                        time.perf_counter() - start)
             await send(message)
 
         if counts_as_work:
             self.lifecycle.in_flight += 1
         try:
             await self.app(scope, receive, send_with_context)
+        except Exception as exc:  # noqa: BLE001  the exception handlers did not claim it
+            error = classify(exc)
+            log_if_server_error(error, exc, request_id)
+            if not started:
+                response = error.response()
+                await response(scope, receive, send_with_context)
+            # Not re-raised: Starlette's outer middleware would log it a second time, and a
+            # response already started cannot change its status anyway.
         finally:
             if counts_as_work:
                 self.lifecycle.in_flight -= 1
+            endpoint = endpoint_label(scope)
             elapsed = time.perf_counter() - start
             REQUESTS.labels(endpoint, str(status)).inc()
             REQUEST_DURATION.labels(endpoint).observe(elapsed)

@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 
 from server.api.dependencies import require_api_key, serving_engine
 from server.engine.vllm import VllmEngine
-from server.settings import PRESETS
+from strategies import PRESETS
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 

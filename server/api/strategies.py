@@ -9,13 +9,15 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from server.api.dependencies import require_api_key
-from server.settings import PRESETS
-from strategies import REGISTRY, Strategy
+from strategies import PRESETS, REGISTRY, Strategy
+
+__all__ = ["describe_options", "router"]
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
 
-def describe_options(strategy: Strategy) -> dict[str, dict[str, Any]]:
+def describe_options(strategy: Strategy[Any]) -> dict[str, dict[str, Any]]:
+    """Each option's JSON schema (type, default, bounds, description), Optional flattened."""
     schema = strategy.options.model_json_schema()
     options = {}
     for name, prop in schema["properties"].items():
@@ -35,4 +37,5 @@ async def list_strategies() -> JSONResponse:
         {"name": s.name, "description": s.description, "options": describe_options(s)}
         for s in REGISTRY.values()
     ]
-    return JSONResponse({"object": "list", "data": data, "presets": PRESETS})
+    presets = {name: dict(spec) for name, spec in PRESETS.items()}
+    return JSONResponse({"object": "list", "data": data, "presets": presets})

@@ -1,8 +1,8 @@
 """The in-process vLLM engine and vLLM's own OpenAI serving objects on top of it.
 
 Plain requests are served by vLLM's `OpenAIServingChat` / `OpenAIServingCompletion` /
-`OpenAIServingModels` built by vLLM's `init_app_state`, on the same `AsyncLLM` that strategies
-will use, so their behaviour is `vllm serve`'s by construction.
+`OpenAIServingModels` built by vLLM's `init_app_state`, on the same `AsyncLLM` that strategy
+samplers submit to, so their behaviour is `vllm serve`'s by construction.
 """
 
 from __future__ import annotations
@@ -10,19 +10,36 @@ from __future__ import annotations
 import asyncio
 import logging
 from argparse import Namespace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 from starlette.datastructures import State
 
+from server.engine.vllm_sampler import SamplerUsage, VllmSampler
+from strategies.base import Sampler
+
 if TYPE_CHECKING:
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
     from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
     from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
     from vllm.entrypoints.openai.models.serving import OpenAIServingModels
     from vllm.v1.engine.async_llm import AsyncLLM
 
-__all__ = ["VllmEngine"]
+__all__ = ["OpenedSampler", "VllmEngine"]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OpenedSampler:
+    """A strategy request's sampler, with what the API needs to check and answer it."""
+
+    sampler: Sampler
+    usage: SamplerUsage  # updated by the sampler as it works
+    kind: Literal["chat", "completion"]
+    model: str  # the served model name, for the response
+    temperature: float  # the request's effective temperature (server defaults applied)
 
 
 class VllmEngine:
@@ -47,6 +64,9 @@ class VllmEngine:
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        from server.engine.vllm_internals import SERVING_INTERNALS, check_internals
+
+        check_internals(SERVING_INTERNALS)
         engine_args = AsyncEngineArgs.from_cli_args(args)
         vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
         async_llm = await asyncio.to_thread(
@@ -83,6 +103,26 @@ class VllmEngine:
     @property
     def models(self) -> OpenAIServingModels:
         return self._serving.openai_serving_models
+
+    async def open_sampler(
+        self, request: ChatCompletionRequest | CompletionRequest, request_id: str, slots: int
+    ) -> OpenedSampler:
+        """Render the request's prompt (vLLM's checks: model, length, template), derive its
+        sampling parameters, and check that the engine's queue has room for `slots` sequences,
+        all before anything is sent to the client; then a sampler over it."""
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+        from server.engine.prompt_rendering import prompt_renderer, request_sampling_params
+
+        is_chat = isinstance(request, ChatCompletionRequest)
+        serving = self.chat if is_chat else self.completion
+        render = prompt_renderer(serving, request)
+        prompt = await render(())
+        params = request_sampling_params(serving, request, prompt)
+        self.async_llm.check_admission(slots)
+        sampler = VllmSampler(self.async_llm, render, prompt, params, request_id)
+        return OpenedSampler(sampler, sampler.usage, "chat" if is_chat else "completion",
+                             serving.models.model_name(), params.temperature)
 
     @property
     def alive(self) -> bool:

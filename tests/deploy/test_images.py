@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from server.models import EMBEDDED_VERSION
+from server.embedded_model import EMBEDDED_VERSION
 from tests.deploy.tools import REPO, run_tool
 
 DOCKERFILES = ["Dockerfile", "Dockerfile.cpu"]

@@ -17,7 +17,7 @@ import pytest
 from tests.deploy.chart import adapter_expressions, find, promql_expressions
 from tests.deploy.known_metrics import EXTERNAL_SERIES, offline_series
 from tests.deploy.promql import exported_series, metric_names, unknown_series
-from tests.e2e.servers import ServerProcess
+from tests.servers import ServerProcess
 
 Manifests = list[dict[str, Any]]
 

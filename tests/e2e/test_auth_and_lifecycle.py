@@ -15,9 +15,8 @@ import openai
 import pytest
 from openai import OpenAI
 
-from clients.servers import running
 from tests.e2e.prometheus import wait_for_metric
-from tests.e2e.servers import ServerProcess, start_refinery
+from tests.servers import ServerProcess, running, start_refinery
 
 USER = [{"role": "user", "content": "hi"}]
 

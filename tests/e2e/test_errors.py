@@ -7,7 +7,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.e2e.servers import ServerProcess
+from tests.servers import ServerProcess
 
 USER = [{"role": "user", "content": "hi"}]
 

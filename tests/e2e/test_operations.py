@@ -7,7 +7,7 @@ import pytest
 from openai import OpenAI
 
 from tests.e2e.prometheus import metric_value, scrape, wait_for_metric
-from tests.e2e.servers import ServerProcess
+from tests.servers import ServerProcess
 
 RUNNING = "vllm:num_requests_running"
 # Long enough that only an abort can end it within the test's patience (~55 tok/s per stream).

@@ -9,8 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from clients.servers import running
-from tests.e2e.servers import ServerProcess, start_vllm
+from tests.servers import ServerProcess, running, start_vllm
 
 CASES = [
     ("/v1/chat/completions",

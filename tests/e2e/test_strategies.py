@@ -13,7 +13,7 @@ import pytest
 from openai import OpenAI
 
 from tests.e2e.prometheus import metric_value, wait_for_metric
-from tests.e2e.servers import ServerProcess
+from tests.servers import ServerProcess
 
 QUESTION = [{"role": "user", "content": "What is 2 + 3? Give only the final answer."}]
 SAMPLING = {"temperature": 0.8, "max_tokens": 32, "seed": 1234}
@@ -203,7 +203,8 @@ def test_invalid_strategy_requests_are_400_naming_the_option(
 
 def test_samples_share_one_prompt_prefill(server: ServerProcess, client: OpenAI) -> None:
     """8 samples of a long prompt: every sample after the first reads the prompt's full KV
-    blocks from the prefix cache (DESIGN.md §4)."""
+    blocks from the prefix cache, since the samples are separate engine requests with the same
+    prompt tokens, submitted together, and prefix caching shares full blocks between them."""
     long_question = [{"role": "user", "content": "Here is a story. " + "The cat sat. " * 180
                       + "How many times did the cat sit?"}]
     hits = "vllm:prefix_cache_hits_total"

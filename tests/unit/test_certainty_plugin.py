@@ -3,14 +3,13 @@ start-up check of vLLM's internals, the per-sample summary."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from server.engine.certainty import internals
 from server.engine.certainty.frontend_hooks import _split
-from server.engine.certainty.internals import Hooked, VllmMismatch, check_internals
 from server.engine.certainty.reductions import (
     STATISTICS_TAG,
     append_statistics,
@@ -18,6 +17,14 @@ from server.engine.certainty.reductions import (
     token_statistics,
 )
 from server.engine.certainty.summary import lowest_window_mean, summarise
+from server.engine.vllm_internals import (
+    CERTAINTY_HOOKS,
+    SERVING_INTERNALS,
+    Hooked,
+    VllmMismatch,
+    check_internals,
+    installed_vllm,
+)
 
 
 def _float64_reference(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,19 +99,40 @@ def test_full_vocabulary_logprobs_get_no_columns() -> None:
     assert append_statistics(full, torch.zeros(2, 2)) is full
 
 
-def test_installed_vllm_has_every_hooked_internal() -> None:
-    check_internals()
+@pytest.mark.parametrize("reliance", [CERTAINTY_HOOKS, SERVING_INTERNALS],
+                         ids=["certainty_hooks", "serving_internals"])
+def test_installed_vllm_has_every_internal_refinery_relies_on(reliance) -> None:
+    check_internals(reliance)
 
 
-def test_a_changed_internal_stops_start_up_naming_the_version(monkeypatch) -> None:
+def test_a_changed_internal_stops_start_up_naming_the_version() -> None:
     changed = Hooked("vllm.v1.sample.sampler", "Sampler.forward", ("self", "logits"))
     missing = Hooked("vllm.v1.engine.logprobs", "LogprobsProcessor.gone", ("self",))
-    monkeypatch.setattr(internals, "HOOKED", (changed, missing))
     with pytest.raises(VllmMismatch) as raised:
-        check_internals()
+        check_internals(dataclasses.replace(CERTAINTY_HOOKS, internals=(changed, missing)))
     message = str(raised.value)
-    assert internals.installed_vllm() in message and "REFINERY_CERTAINTY=off" in message
+    assert installed_vllm() in message and "REFINERY_CERTAINTY=off" in message
     assert "Sampler.forward takes" in message and "LogprobsProcessor.gone is missing" in message
+
+
+def test_a_moved_serving_internal_names_the_strategy_path() -> None:
+    gone = Hooked("vllm.entrypoints.serve.utils.api_utils", "get_max_tokens_v2", ("x",))
+    with pytest.raises(VllmMismatch, match="strategy requests cannot run") as raised:
+        check_internals(dataclasses.replace(SERVING_INTERNALS, internals=(gone,)))
+    assert "get_max_tokens_v2 is missing" in str(raised.value)
+
+
+def test_the_plugin_reads_only_its_own_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from server.engine import certainty
+
+    monkeypatch.setenv("REFINERY_PORT", "not-a-port")  # would fail Settings()
+    monkeypatch.delenv("REFINERY_CERTAINTY", raising=False)
+    assert certainty.enabled() is True
+    monkeypatch.setenv("REFINERY_CERTAINTY", "off")
+    assert certainty.enabled() is False
+    monkeypatch.setenv("REFINERY_CERTAINTY", "maybe")
+    with pytest.raises(ValueError, match="REFINERY_CERTAINTY='maybe'"):
+        certainty.enabled()
 
 
 def test_hooks_install_once() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import server.models as models
+import server.embedded_model as models
 
 
 def fake_convert(gguf: Path, out: Path) -> None:

@@ -75,14 +75,8 @@ def test_no_extractable_answer_falls_back_to_the_most_certain_sample() -> None:
 
 
 def test_a_failing_sample_aborts_everything_outstanding() -> None:
-    class Boom(FakeSampler):
-        async def _draw(self, index: int):
-            if index == 1:
-                await asyncio.sleep(0.01)
-                raise RuntimeError("engine error")
-            return await super()._draw(index)
-
-    sampler = Boom([*answers("1", "2"), *answers("3", "4", "5", hangs=True)])
+    engine_error = Scripted("", delay=0.01, raises=RuntimeError("engine error"))
+    sampler = FakeSampler([*answers("1"), engine_error, *answers("3", "4", "5", hangs=True)])
     with pytest.raises(RuntimeError, match="engine error"):
         run(sampler, stop="esc", window=5, max_samples=5)
     assert sampler.outstanding == []

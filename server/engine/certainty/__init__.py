@@ -24,6 +24,7 @@ from server.engine.certainty.frontend_hooks import (
 
 __all__ = [
     "CERTAINTY_EXTRA_ARG",
+    "CERTAINTY_VARIABLE",
     "TokenStatistics",
     "active",
     "enabled",
@@ -33,13 +34,28 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 _installed = False
+CERTAINTY_VARIABLE = "REFINERY_CERTAINTY"
 
 
 def enabled() -> bool:
-    """Whether the plugin is switched on (`REFINERY_CERTAINTY`, default on)."""
-    from server.settings import Settings
+    """Whether the plugin is switched on (`REFINERY_CERTAINTY`, default on).
 
-    return Settings().certainty
+    The plugin runs in every vLLM process, so it reads its own variable only (with the same
+    parsing as `Settings.certainty`): an unrelated bad `REFINERY_*` value must not break engine
+    start-up. A bad value of this one stops it with a message naming the variable.
+    """
+    import os
+
+    from pydantic import TypeAdapter, ValidationError
+
+    raw = os.environ.get(CERTAINTY_VARIABLE)
+    if raw is None:
+        return True
+    try:
+        return TypeAdapter(bool).validate_python(raw.strip())
+    except ValidationError:
+        raise ValueError(f"{CERTAINTY_VARIABLE}={raw!r}: expected on/off (or true/false, "
+                         "1/0)") from None
 
 
 def active() -> bool:
@@ -53,11 +69,11 @@ def register() -> None:
         logger.info("exact self-certainty plugin disabled (REFINERY_CERTAINTY=off)")
         return
     from server.engine.certainty.frontend_hooks import install_frontend_hooks
-    from server.engine.certainty.internals import check_internals
     from server.engine.certainty.worker_hooks import install_worker_hooks
+    from server.engine.vllm_internals import CERTAINTY_HOOKS, check_internals
 
     global _installed
-    check_internals()
+    check_internals(CERTAINTY_HOOKS)
     install_worker_hooks()
     install_frontend_hooks()
     _installed = True

@@ -1,35 +1,30 @@
-"""Running a strategy request: check the request fits, render the prompt once, draw samples
-through a VllmSampler, record metrics, and answer as JSON or as an SSE stream."""
+"""Running a strategy request: refuse what a strategy cannot honour, open a sampler on the
+engine (every check done before a 200 is sent), run the strategy, always abort what is left,
+record metrics, and answer as JSON or as an SSE stream."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest
-from vllm.entrypoints.serve.engine.protocol import ErrorResponse
-from vllm.entrypoints.serve.utils.api_utils import get_max_tokens
-from vllm.renderers.inputs.preprocess import extract_prompt_components
 
 from server.api.cancellation import cancel_on_disconnect
-from server.api.errors import from_vllm_error
-from server.api.render import StrategyOutcome, strategy_body, strategy_stream_events
-from server.engine.vllm import VllmEngine
-from server.errors import InvalidRequest, RefineryError
-from server.metrics import SAMPLES_SAVED, STRATEGY_REQUESTS, STRATEGY_SAMPLES, SUBREQUEST_TOKENS
-from server.protocol import ResolvedStrategy
-from server.sampler import VllmSampler
+from server.api.error_responses import classify, log_if_server_error
+from server.api.responses import StrategyOutcome, strategy_body, strategy_stream_events
+from server.api.strategy_selection import ResolvedStrategy
+from server.engine.vllm import OpenedSampler
+from server.exceptions import InvalidRequest
+from server.metrics import SAMPLES_SAVED, STRATEGY_REQUESTS, STRATEGY_SAMPLES
 
-__all__ = ["run_strategy_request"]
+__all__ = ["SamplerFactory", "run_strategy_request"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +32,12 @@ logger = logging.getLogger(__name__)
 _GREEDY_TEMPERATURE = 1e-5
 
 
-@dataclass(frozen=True)
-class _Prepared:
-    sampler: VllmSampler
-    kind: str  # "chat" | "completion"
-    model: str
+class SamplerFactory(Protocol):
+    """What the strategy path needs of an engine (`VllmEngine`, or a test's stub)."""
+
+    async def open_sampler(
+        self, request: ChatCompletionRequest | CompletionRequest, request_id: str, slots: int
+    ) -> OpenedSampler: ...
 
 
 def _check_compatible(request: ChatCompletionRequest | CompletionRequest) -> None:
@@ -69,79 +65,59 @@ def _check_compatible(request: ChatCompletionRequest | CompletionRequest) -> Non
                              code="unsupported_with_strategy")
 
 
-async def _prepare(
-    engine: VllmEngine,
+async def _open(
+    engine: SamplerFactory,
     request: ChatCompletionRequest | CompletionRequest,
     resolved: ResolvedStrategy,
-    request_id: str,
-) -> _Prepared | ErrorResponse:
-    if isinstance(request, ChatCompletionRequest):
-        serving: Any = engine.chat
-        rendered = await serving.render_chat_request(request)
-        if isinstance(rendered, ErrorResponse):
-            return rendered
-        _, engine_inputs = rendered
-        kind = "chat"
-    else:
-        serving = engine.completion
-        engine_inputs = await serving.render_completion_request(request)
-        if isinstance(engine_inputs, ErrorResponse):
-            return engine_inputs
-        kind = "completion"
-    if len(engine_inputs) != 1:
-        raise InvalidRequest("a strategy request takes one prompt", param="prompt",
-                             code="unsupported_with_strategy")
-    (engine_input,) = engine_inputs
-    prompt_ids = extract_prompt_components(serving.model_config, engine_input).token_ids or []
-    max_tokens = get_max_tokens(
-        serving.model_config.max_model_len,
-        getattr(request, "max_completion_tokens", None) or request.max_tokens,
-        len(prompt_ids),
-        serving.default_sampling_params,
-        serving.override_max_tokens,
-    )
-    params = request.to_sampling_params(max_tokens, serving.default_sampling_params)
-    if resolved.options.sample_budget() > 1 and params.temperature < _GREEDY_TEMPERATURE:
+) -> OpenedSampler:
+    budget = resolved.options.sample_budget()
+    opened = await engine.open_sampler(request, f"strategy-{uuid.uuid4().hex}", budget)
+    if budget > 1 and opened.temperature < _GREEDY_TEMPERATURE:
         raise InvalidRequest(
             "temperature 0 (greedy) would draw identical samples: a sampling strategy needs "
             "temperature > 0 (0.7 is typical)",
             param="temperature", code="greedy_strategy",
         )
-    sampler = VllmSampler(engine.async_llm, engine_input, params, request_id, len(prompt_ids))
-    return _Prepared(sampler, kind, serving.models.model_name())
+    return opened
 
 
-async def _run(prepared: _Prepared, resolved: ResolvedStrategy) -> StrategyOutcome:
+async def _run(opened: OpenedSampler, resolved: ResolvedStrategy) -> StrategyOutcome:
+    """Run the strategy. This layer created the sampler, so it owns the cleanup: whatever the
+    strategy leaves outstanding (an error, a cancellation, or simply not aborting) is aborted
+    here; a strategy's own early abort is only an optimisation."""
     started = time.perf_counter()
     name = resolved.strategy.name
     STRATEGY_REQUESTS.labels(name).inc()
-    SUBREQUEST_TOKENS.labels("prompt").inc(prepared.sampler.usage.prompt_tokens)
-    result = await resolved.strategy.run(prepared.sampler, resolved.options)
+    try:
+        result = await resolved.strategy.run(opened.sampler, resolved.options)
+    finally:
+        await opened.sampler.abort_outstanding()
     budget = resolved.options.sample_budget()
     STRATEGY_SAMPLES.labels(name).observe(len(result.samples))
-    SAMPLES_SAVED.labels(name).inc(budget - len(result.samples))
+    SAMPLES_SAVED.labels(name).inc(max(0, budget - len(result.samples)))
     return StrategyOutcome(
         result=result,
         resolved=resolved,
-        usage=prepared.sampler.usage,
-        certainty_method=prepared.sampler.certainty_method,
+        usage=opened.usage,
+        certainty_method=opened.sampler.certainty_method,
         elapsed_ms=(time.perf_counter() - started) * 1000,
-        kind=prepared.kind,
-        model=prepared.model,
-        response_id=f"{'chatcmpl' if prepared.kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}",
+        kind=opened.kind,
+        model=opened.model,
+        response_id=f"{'chatcmpl' if opened.kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}",
         created=int(time.time()),
     )
 
 
 async def _stream(
-    prepared: _Prepared, resolved: ResolvedStrategy, include_usage: bool, keepalive_s: float
+    opened: OpenedSampler, resolved: ResolvedStrategy, include_usage: bool, keepalive_s: float,
+    request_id: str,
 ) -> AsyncGenerator[str, None]:
     """SSE comments while the strategy works, then the answer as ordinary chunks.
 
     A client that goes away stops this generator; the `finally` cancels the strategy task,
     whose own `finally` aborts every outstanding sub-request.
     """
-    task = asyncio.create_task(_run(prepared, resolved))
+    task = asyncio.create_task(_run(opened, resolved))
     try:
         yield ": refinery: strategy running\n\n"
         while not task.done():
@@ -151,15 +127,11 @@ async def _stream(
         try:
             outcome = task.result()
         except Exception as exc:
-            # Headers are sent: the only way left to report a failure is an error event.
-            if isinstance(exc, RefineryError):
-                error = {"message": exc.message, "type": exc.type, "param": exc.param,
-                         "code": exc.code}
-            else:
-                logger.exception("strategy failed mid-stream", exc_info=exc)
-                error = {"message": "internal server error", "type": "server_error",
-                         "param": None, "code": "internal_error"}
-            yield f"data: {json.dumps({'error': error})}\n\n"
+            # Headers are sent: what is left is the same error the JSON path would give, as
+            # an event.
+            error = classify(exc)
+            log_if_server_error(error, exc, request_id)
+            yield error.sse_event()
             yield "data: [DONE]\n\n"
             return
         for event in strategy_stream_events(outcome, include_usage):
@@ -171,22 +143,21 @@ async def _stream(
 
 
 async def run_strategy_request(
-    engine: VllmEngine,
+    engine: SamplerFactory,
     request: ChatCompletionRequest | CompletionRequest,
     resolved: ResolvedStrategy,
     raw_request: Request,
     keepalive_s: float,
 ) -> Response:
+    """Answer one strategy request; every 4xx is raised before a stream's 200 is sent."""
     _check_compatible(request)
-    request_id = f"strategy-{uuid.uuid4().hex}"
-    prepared = await _prepare(engine, request, resolved, request_id)
-    if isinstance(prepared, ErrorResponse):
-        return from_vllm_error(prepared)
+    opened = await _open(engine, request, resolved)
     if request.stream:
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        request_id = getattr(raw_request.state, "request_id", "-")
         return StreamingResponse(
-            _stream(prepared, resolved, include_usage, keepalive_s),
+            _stream(opened, resolved, include_usage, keepalive_s, request_id),
             media_type="text/event-stream",
         )
-    outcome = await cancel_on_disconnect(raw_request, _run(prepared, resolved))
+    outcome = await cancel_on_disconnect(raw_request, _run(opened, resolved))
     return JSONResponse(strategy_body(outcome))

@@ -1,7 +1,8 @@
-"""Refinery's extensions to the OpenAI request: selecting a strategy.
+"""Selecting a strategy for a request: Refinery's one extension to the OpenAI request body.
 
-Precedence (DESIGN.md §3): the body field `strategy` (an object with `name` and options, or a
-preset name), then a model alias `<model>+<preset>`, else a plain request.
+Precedence: the body field `strategy` (an object with `name` and options, or a preset name),
+then a model alias `<model>+<preset>` (for clients that can only set `model`), else a plain
+request (README.md, "Strategies").
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from server.errors import InvalidRequest
+from server.exceptions import InvalidRequest
 from strategies import REGISTRY, Strategy, StrategyOptions
 
 __all__ = ["ResolvedStrategy", "resolve_strategy", "split_model_alias"]
@@ -20,7 +21,9 @@ __all__ = ["ResolvedStrategy", "resolve_strategy", "split_model_alias"]
 
 @dataclass(frozen=True)
 class ResolvedStrategy:
-    strategy: Strategy
+    """The strategy a request selected, its validated options, and the preset it came from."""
+
+    strategy: Strategy[Any]
     options: StrategyOptions
     preset: str | None
 
@@ -83,7 +86,7 @@ def resolve_strategy(
     except ValidationError as exc:
         raise _invalid_option(exc) from exc
     if options.sample_budget() > max_samples:
-        budget_option = "max_samples" if "max_samples" in type(options).model_fields else "n"
+        budget_option = options.budget_option()
         raise InvalidRequest(
             f"strategy.{budget_option}: {options.sample_budget()} samples exceed this server's "
             f"cap of {max_samples}",

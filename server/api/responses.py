@@ -7,7 +7,7 @@ import json
 import re
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
@@ -27,10 +27,11 @@ from vllm.entrypoints.openai.completion.protocol import (
 )
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse, UsageInfo
 
-from server.api.errors import from_vllm_error
-from server.protocol import ResolvedStrategy
-from server.sampler import SamplerUsage
+from server.api.error_responses import from_vllm_error
+from server.api.strategy_selection import ResolvedStrategy
+from server.engine.vllm_sampler import SamplerUsage
 from strategies import Result
+from strategies.base import CertaintyMethod
 
 __all__ = [
     "StrategyOutcome",
@@ -47,7 +48,7 @@ def render_serving_result(result: ErrorResponse | AsyncGenerator[str, None] | An
     The JSON body is `model_dump()`, exactly as `vllm serve` renders it, so shapes match.
     """
     if isinstance(result, ErrorResponse):
-        return from_vllm_error(result)
+        return from_vllm_error(result).response()
     if isinstance(result, AsyncGenerator):
         return StreamingResponse(result, media_type="text/event-stream")
     return JSONResponse(content=result.model_dump())
@@ -60,16 +61,16 @@ class StrategyOutcome:
     result: Result
     resolved: ResolvedStrategy
     usage: SamplerUsage
-    certainty_method: str
+    certainty_method: CertaintyMethod
     elapsed_ms: float
-    kind: str  # "chat" | "completion"
+    kind: Literal["chat", "completion"]
     model: str
     response_id: str
     created: int
 
 
 def strategy_info(outcome: StrategyOutcome) -> dict[str, Any]:
-    """The `strategy` object of a response (DESIGN.md §3)."""
+    """The `strategy` object of a response (README.md, "Strategies")."""
     result, options = outcome.result, outcome.resolved.options
     info: dict[str, Any] = {
         "name": outcome.resolved.strategy.name,

@@ -3,7 +3,9 @@
 Shared by the end-to-end tests and the benchmarks, so that both run the servers the same way:
 each in its own session (process group), logs to a file, readiness polled over HTTP, stopped
 with SIGTERM to the main process (as Kubernetes does) and, as a last resort, a SIGKILL to the
-whole group so that no engine process outlives its server.
+whole group so that no engine process outlives its server. `start_refinery` and `start_vllm`
+are the servers the tests start; the benchmarks pass their own flags to `spawn`. Test tooling:
+it lives under tests/ so that the wheel does not ship it.
 """
 
 from __future__ import annotations
@@ -22,12 +24,16 @@ from pathlib import Path
 import httpx
 
 __all__ = [
+    "REFINERY_READY",
+    "VLLM_ENV",
+    "VLLM_READY",
     "ServerProcess",
     "free_port",
     "refinery_command",
     "running",
     "spawn",
-    "VLLM_ENV",
+    "start_refinery",
+    "start_vllm",
     "vllm_command",
 ]
 
@@ -159,3 +165,28 @@ def running(server: ServerProcess, timeout: float = 600.0) -> Iterator[ServerPro
     finally:
         server.terminate()
         server.kill_group()
+
+
+# Eager mode starts in ~20 s instead of ~60 s; no reserved core, as `refinery serve` sets.
+COMMON_ENGINE_FLAGS = ("--enforce-eager",)
+COMMON_ENV = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+
+
+def start_refinery(
+    logs: Path, *args: str, env: dict[str, str] | None = None, name: str = "refinery"
+) -> ServerProcess:
+    """`refinery serve` on a free port in eager mode, logging to `logs`; not yet ready."""
+    port = free_port()
+    return spawn(refinery_command(port, *COMMON_ENGINE_FLAGS, *args),
+                 logs / f"{name}-{port}.log", port=port, ready_paths=REFINERY_READY,
+                 env={**COMMON_ENV, **(env or {})})
+
+
+def start_vllm(logs: Path, model: Path, *args: str) -> ServerProcess:
+    """Plain `vllm serve` with the engine flags `refinery serve` applies by default on CPU."""
+    port = free_port()
+    flags = ("--served-model-name", "smollm2", "--enable-prefix-caching",
+             "--no-enable-chunked-prefill", "--scheduling-policy", "priority",
+             *COMMON_ENGINE_FLAGS, *args)
+    return spawn(vllm_command(port, model, *flags), logs / f"vllm-{port}.log", port=port,
+                 ready_paths=VLLM_READY, env={**COMMON_ENV, **VLLM_ENV})
