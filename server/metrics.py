@@ -6,6 +6,8 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
+    "REFINE_ITERATIONS",
+    "REFINE_ROUTES",
     "REQUESTS",
     "REQUEST_DURATION",
     "SAMPLES_SAVED",
@@ -63,4 +65,15 @@ SUBREQUEST_TOKENS = Counter(
     "Tokens of strategy sub-requests: prompt (counted once per request: its prefill is "
     "shared), completion (finished samples) and aborted (samples cut off by early stopping).",
     ["kind"],
+)
+REFINE_ITERATIONS = Histogram(
+    "refinery_refine_iterations",
+    "Refinement iterations (rewrites after the first draft) one refinement loop ran.",
+    ["strategy"],
+    buckets=(0, 1, 2, 3, 4, 5, 6, 7, 8),
+)
+REFINE_ROUTES = Counter(
+    "refinery_refine_route",
+    "Questions adaptive_refine routed as easy (answered by the vote) or hard (refined).",
+    ["route"],
 )

@@ -16,6 +16,7 @@ __all__ = ["DEFAULT_SERVED_MODEL_NAME", "Settings", "default_cache_dir"]
 
 DEFAULT_SERVED_MODEL_NAME = "smollm2"
 
+
 def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "refinery"
 
@@ -49,6 +50,13 @@ class Settings(BaseSettings):
         ge=1,
         le=256,
         description="Server cap on the samples one strategy request may draw.",
+    )
+    max_refine_iterations: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="Server cap on the refinement iterations one strategy request may run "
+        "(self_refine, adaptive_refine); max_samples caps their total sub-requests.",
     )
     strategy_keepalive: float = Field(
         default=5.0,

@@ -3,7 +3,12 @@
 Importing this package registers every strategy in `REGISTRY` and validates the presets.
 """
 
-from strategies import best_of_n, self_consistency  # noqa: F401  (registration)
+from strategies import (  # noqa: F401  (registration)
+    adaptive_refine,
+    best_of_n,
+    self_consistency,
+    self_refine,
+)
 from strategies.base import (
     REGISTRY,
     Message,

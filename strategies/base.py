@@ -121,6 +121,11 @@ class Sampler(Protocol):
         """Abort every sub-request of this request that has not finished."""
         ...
 
+    def report_progress(self, text: str) -> None:
+        """A one-line progress note for a client that watches (a streamed request gets it as
+        an SSE comment while the strategy works); it changes nothing about sampling."""
+        ...
+
 
 class StrategyOptions(BaseModel):
     """Options every strategy shares. Subclasses add theirs; unknown options are refused."""
@@ -151,6 +156,16 @@ class StrategyOptions(BaseModel):
         """The option that sets `sample_budget()`, named in an over-cap error."""
         return "max_samples"
 
+    def parallel_samples(self) -> int:
+        """The most samples of one prompt drawn together: above 1 they must differ, so the
+        request needs temperature > 0."""
+        return self.sample_budget()
+
+    def refine_iterations(self) -> int:
+        """The most refinement iterations a request may run (0: not a refinement strategy);
+        the server caps it."""
+        return 0
+
 
 @dataclass(frozen=True)
 class Result:
@@ -163,6 +178,10 @@ class Result:
     votes: dict[str, float]  # winning-answer candidates → count or Borda weight
     stopped_early: bool = False
     details: dict[str, Any] = field(default_factory=dict)  # e.g. stop rule, selection used
+    # Refinement strategies: the iterations each refinement loop ran, and the difficulty route
+    # taken (recorded in metrics by the API).
+    refine_iterations: tuple[int, ...] = ()
+    route: Literal["easy", "hard"] | None = None
 
 
 OptionsT = TypeVar("OptionsT", bound=StrategyOptions)

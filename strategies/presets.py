@@ -35,6 +35,8 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "asc": {"name": "self_consistency", "stop": "asc"},
     "bon8": {"name": "best_of_n", "n": 8, "selection": "self_certainty"},
     "borda8": {"name": "best_of_n", "n": 8, "selection": "borda"},
+    "refine": {"name": "self_refine"},
+    "adaptive": {"name": "adaptive_refine"},
 }
 validate_presets(_PRESETS)
 PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from strategies.base import Sample
 
-__all__ = ["Vote", "argmax_sample", "borda_vote", "majority_vote"]
+__all__ = ["Vote", "argmax_sample", "borda_vote", "majority_vote", "weighted_vote"]
 
 
 @dataclass(frozen=True)
@@ -77,4 +77,16 @@ def borda_vote(samples: Sequence[Sample], groups: Sequence[int | None], power: f
         group = groups[i]
         if group is not None:
             tally[group] = tally.get(group, 0.0) + (n - rank + 1) ** power
+    return _decide(samples, groups, tally)
+
+
+def weighted_vote(
+    samples: Sequence[Sample], groups: Sequence[int | None], weights: Sequence[float]
+) -> Vote:
+    """Each sample gives its answer its own weight; the largest total wins (ties → the answer
+    whose best sample is more certain). Majority vote is the case of equal weights."""
+    tally: dict[int, float] = {}
+    for group, weight in zip(groups, weights, strict=True):
+        if group is not None:
+            tally[group] = tally.get(group, 0.0) + weight
     return _decide(samples, groups, tally)

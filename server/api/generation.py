@@ -1,7 +1,7 @@
 """One path for both generation endpoints: parse the body, pick plain or strategy, run it.
 
 Plain requests go to vLLM's own serving object unchanged; strategy requests to
-`server.api.strategy`. The routes only say which request model and which vLLM handler."""
+`server.api.strategy_requests`. The routes only say which request model and which vLLM handler."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from server.api.dependencies import read_json_object
 from server.api.error_responses import invalid_from_validation
 from server.api.responses import render_serving_result
 from server.api.strategy_requests import run_strategy_request
-from server.api.strategy_selection import resolve_strategy
+from server.api.strategy_selection import ServerCaps, resolve_strategy
 from server.engine.vllm import VllmEngine
 from server.exceptions import InvalidRequest
 from server.settings import Settings
@@ -63,7 +63,8 @@ async def handle_generation(
 ) -> Response:
     settings: Settings = raw_request.app.state.settings
     body = await read_json_object(raw_request)
-    resolved = resolve_strategy(body, PRESETS, settings.max_samples)
+    caps = ServerCaps(settings.max_samples, settings.max_refine_iterations)
+    resolved = resolve_strategy(body, PRESETS, caps)
     request = parse_body(request_model, body)
     if isinstance(request, ChatCompletionRequest):
         check_chat_roles(request.messages)

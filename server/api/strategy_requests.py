@@ -22,7 +22,13 @@ from server.api.responses import StrategyOutcome, strategy_body, strategy_stream
 from server.api.strategy_selection import ResolvedStrategy
 from server.engine.vllm import OpenedSampler
 from server.exceptions import InvalidRequest
-from server.metrics import SAMPLES_SAVED, STRATEGY_REQUESTS, STRATEGY_SAMPLES
+from server.metrics import (
+    REFINE_ITERATIONS,
+    REFINE_ROUTES,
+    SAMPLES_SAVED,
+    STRATEGY_REQUESTS,
+    STRATEGY_SAMPLES,
+)
 
 __all__ = ["SamplerFactory", "run_strategy_request"]
 
@@ -70,12 +76,14 @@ async def _open(
     request: ChatCompletionRequest | CompletionRequest,
     resolved: ResolvedStrategy,
 ) -> OpenedSampler:
-    budget = resolved.options.sample_budget()
-    opened = await engine.open_sampler(request, f"strategy-{uuid.uuid4().hex}", budget)
-    if budget > 1 and opened.temperature < _GREEDY_TEMPERATURE:
+    options = resolved.options
+    opened = await engine.open_sampler(request, f"strategy-{uuid.uuid4().hex}",
+                                       options.sample_budget())
+    if options.parallel_samples() > 1 and opened.temperature < _GREEDY_TEMPERATURE:
         raise InvalidRequest(
-            "temperature 0 (greedy) would draw identical samples: a sampling strategy needs "
-            "temperature > 0 (0.7 is typical)",
+            "temperature 0 (greedy) would draw identical samples: this strategy draws "
+            f"{options.parallel_samples()} samples of one prompt and needs temperature > 0 "
+            "(0.7 is typical)",
             param="temperature", code="greedy_strategy",
         )
     return opened
@@ -95,6 +103,10 @@ async def _run(opened: OpenedSampler, resolved: ResolvedStrategy) -> StrategyOut
     budget = resolved.options.sample_budget()
     STRATEGY_SAMPLES.labels(name).observe(len(result.samples))
     SAMPLES_SAVED.labels(name).inc(max(0, budget - len(result.samples)))
+    for iterations in result.refine_iterations:
+        REFINE_ITERATIONS.labels(name).observe(iterations)
+    if result.route is not None:
+        REFINE_ROUTES.labels(result.route).inc()
     return StrategyOutcome(
         result=result,
         resolved=resolved,
@@ -112,18 +124,31 @@ async def _stream(
     opened: OpenedSampler, resolved: ResolvedStrategy, include_usage: bool, keepalive_s: float,
     request_id: str,
 ) -> AsyncGenerator[str, None]:
-    """SSE comments while the strategy works, then the answer as ordinary chunks.
+    """SSE comments while the strategy works (keep-alives, and the strategy's progress notes),
+    then the answer as ordinary chunks.
 
     A client that goes away stops this generator; the `finally` cancels the strategy task,
     whose own `finally` aborts every outstanding sub-request.
     """
     task = asyncio.create_task(_run(opened, resolved))
+    note: asyncio.Task[str] | None = None
     try:
         yield ": refinery: strategy running\n\n"
         while not task.done():
-            await asyncio.wait({task}, timeout=keepalive_s)
-            if not task.done():
+            if note is None and opened.progress is not None:
+                note = asyncio.create_task(opened.progress.get())
+            waiting = {task} if note is None else {task, note}
+            await asyncio.wait(waiting, timeout=keepalive_s, return_when=asyncio.FIRST_COMPLETED)
+            if note is not None and note.done():
+                yield f": refinery: {note.result()}\n\n"
+                note = None
+            elif not task.done():
                 yield ": keep-alive\n\n"
+        if note is not None:
+            note.cancel()
+            note = None
+        while opened.progress is not None and not opened.progress.empty():
+            yield f": refinery: {opened.progress.get_nowait()}\n\n"
         try:
             outcome = task.result()
         except Exception as exc:
@@ -137,9 +162,10 @@ async def _stream(
         for event in strategy_stream_events(outcome, include_usage):
             yield event
     finally:
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        for pending in (task, note):
+            if pending is not None and not pending.done():
+                pending.cancel()
+                await asyncio.gather(pending, return_exceptions=True)
 
 
 async def run_strategy_request(

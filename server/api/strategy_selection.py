@@ -16,7 +16,15 @@ from pydantic import ValidationError
 from server.exceptions import InvalidRequest
 from strategies import REGISTRY, Strategy, StrategyOptions
 
-__all__ = ["ResolvedStrategy", "resolve_strategy", "split_model_alias"]
+__all__ = ["ResolvedStrategy", "ServerCaps", "resolve_strategy", "split_model_alias"]
+
+
+@dataclass(frozen=True)
+class ServerCaps:
+    """What no strategy request may exceed, whatever its options say."""
+
+    max_samples: int  # sub-requests of one strategy request
+    max_refine_iterations: int
 
 
 @dataclass(frozen=True)
@@ -47,7 +55,7 @@ def _invalid_option(exc: ValidationError) -> InvalidRequest:
 
 
 def resolve_strategy(
-    body: dict[str, Any], presets: Mapping[str, Mapping[str, Any]], max_samples: int
+    body: dict[str, Any], presets: Mapping[str, Mapping[str, Any]], caps: ServerCaps
 ) -> ResolvedStrategy | None:
     """Pop the strategy selection out of a request body (rewriting a model alias) and validate
     it. Raises InvalidRequest with `param` naming the offending option."""
@@ -85,11 +93,17 @@ def resolve_strategy(
         options = strategy.parse_options(spec)
     except ValidationError as exc:
         raise _invalid_option(exc) from exc
-    if options.sample_budget() > max_samples:
+    if options.refine_iterations() > caps.max_refine_iterations:
+        raise InvalidRequest(
+            f"strategy.max_iterations: {options.refine_iterations()} refinement iterations "
+            f"exceed this server's cap of {caps.max_refine_iterations}",
+            param="strategy.max_iterations", code="over_server_cap",
+        )
+    if options.sample_budget() > caps.max_samples:
         budget_option = options.budget_option()
         raise InvalidRequest(
-            f"strategy.{budget_option}: {options.sample_budget()} samples exceed this server's "
-            f"cap of {max_samples}",
+            f"strategy.{budget_option}: these options may issue {options.sample_budget()} "
+            f"sub-requests, over this server's cap of {caps.max_samples}",
             param=f"strategy.{budget_option}", code="over_server_cap",
         )
     return ResolvedStrategy(strategy, options, preset)

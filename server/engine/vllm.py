@@ -40,6 +40,7 @@ class OpenedSampler:
     kind: Literal["chat", "completion"]
     model: str  # the served model name, for the response
     temperature: float  # the request's effective temperature (server defaults applied)
+    progress: asyncio.Queue[str] | None = None  # the strategy's progress notes, one line each
 
 
 class VllmEngine:
@@ -122,7 +123,7 @@ class VllmEngine:
         self.async_llm.check_admission(slots)
         sampler = VllmSampler(self.async_llm, render, prompt, params, request_id)
         return OpenedSampler(sampler, sampler.usage, "chat" if is_chat else "completion",
-                             serving.models.model_name(), params.temperature)
+                             serving.models.model_name(), params.temperature, sampler.progress)
 
     @property
     def alive(self) -> bool:

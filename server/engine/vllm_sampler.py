@@ -141,6 +141,8 @@ class VllmSampler:
         self._tasks: list[asyncio.Task[Any]] = []
         self._prompts: dict[tuple[Message, ...], asyncio.Future[RenderedPrompt]] = {}
         self.usage = SamplerUsage()
+        # Progress notes of the strategy, for a streamed response to send as SSE comments.
+        self.progress: asyncio.Queue[str] = asyncio.Queue()
         self._count_prompt(prompt)
         rendered: asyncio.Future[RenderedPrompt] = asyncio.get_running_loop().create_future()
         rendered.set_result(prompt)
@@ -278,6 +280,9 @@ class VllmSampler:
             stop_reason=stop_reason,
             stopped_by_watcher=stopped,
         )
+
+    def report_progress(self, text: str) -> None:
+        self.progress.put_nowait(" ".join(text.split()))  # one line, whatever it was given
 
     async def abort_outstanding(self) -> None:
         """Cancel every unfinished sample (and prompt rendering) and wait until each is gone."""

@@ -26,7 +26,7 @@ def strategy_of(reply: object) -> dict:
 def test_strategies_listing_comes_from_the_option_models(server: ServerProcess) -> None:
     listing = httpx.get(f"{server.base_url}/v1/strategies").json()
     by_name = {s["name"]: s for s in listing["data"]}
-    assert set(by_name) == {"self_consistency", "best_of_n"}
+    assert set(by_name) == {"self_consistency", "best_of_n", "self_refine", "adaptive_refine"}
     sc = by_name["self_consistency"]["options"]
     assert sc["max_samples"]["default"] == 16
     assert (sc["max_samples"]["minimum"], sc["max_samples"]["maximum"]) == (1, 64)
@@ -38,7 +38,12 @@ def test_strategies_listing_comes_from_the_option_models(server: ServerProcess) 
     assert set(bon["selection"]["enum"]) == {"self_certainty", "borda", "logprob", "majority"}
     assert all(option.get("description") for s in listing["data"]
                for option in s["options"].values())
-    assert {"sc8", "esc", "asc", "bon8", "borda8"} <= set(listing["presets"])
+    assert {"sc8", "esc", "asc", "bon8", "borda8", "refine", "adaptive"} <= set(listing["presets"])
+    refine = by_name["self_refine"]["options"]
+    assert refine["max_iterations"]["default"] == 3
+    assert (refine["max_iterations"]["minimum"], refine["max_iterations"]["maximum"]) == (1, 8)
+    assert refine["mode"]["enum"] == ["critique", "ioe"] and refine["stop"]["default"] == "both"
+    assert by_name["adaptive_refine"]["options"]["easy_agreement"]["default"] == 0.8
 
 
 def test_models_list_preset_aliases(client: OpenAI) -> None:

@@ -15,6 +15,7 @@ full signature and behaves as the engine-backed sampler does where a strategy ca
 - Samples stream token by token: with `watch`, the watcher is called after each token with the
   certainties so far, and True cuts the sample there (`stopped_by_watcher`, "abort").
 - `abort_outstanding()` cancels and awaits every unfinished sample (recorded in `aborted`).
+- `report_progress()` notes are recorded in `progress`.
 
 The fake applies no sampling parameter itself: `max_tokens`, `temperature` and `json_schema`
 are recorded, and the script says what the engine returned under them.
@@ -191,6 +192,7 @@ class FakeSampler:
     finished: list[int] = field(default_factory=list, init=False)  # incl. stopped by a watcher
     stopped: list[int] = field(default_factory=list, init=False)  # stopped by their watcher
     aborted: list[int] = field(default_factory=list, init=False)
+    progress: list[str] = field(default_factory=list, init=False)  # report_progress notes
     # Per script: how many of its samples were used.
     _drawn: dict[ScriptKey, int] = field(default_factory=dict, init=False, repr=False)
     _tasks: dict[int, asyncio.Task[Sample]] = field(default_factory=dict, init=False, repr=False)
@@ -279,6 +281,10 @@ class FakeSampler:
         for task in outstanding:
             task.cancel()
         await asyncio.gather(*outstanding, return_exceptions=True)
+
+    def report_progress(self, text: str) -> None:
+        """`Sampler.report_progress`: recorded, in order."""
+        self.progress.append(text)
 
     @property
     def outstanding(self) -> list[int]:
