@@ -5,7 +5,8 @@ Draw `k` samples as self-consistency does. When the leading answer holds at leas
 `easy_agreement` of them, the question is easy: the vote is the answer and nothing more is
 spent. Otherwise it is hard: the `refine_top` most certain distinct answers are each refined by
 the refinement loop (`strategies.refine_loop`), all loops in parallel and batched in the
-engine, and the final vote runs over the original samples and each loop's best iterate.
+engine, and the final vote runs over the original samples and each loop's best iterate when
+that is a new draft (a loop that kept its starting sample adds no second vote for it).
 
 MAgICoRe weights refined solutions with a reward model; Refinery has none, so a refined draft
 votes with its self-certainty relative to the original samples' mean (Kang et al. 2025): as
@@ -97,20 +98,21 @@ async def run_adaptive_refine(sampler: Sampler, options: AdaptiveRefineOptions) 
     outcomes: list[RefineOutcome] = list(await asyncio.gather(*(
         run_refine_loop(sampler, options, spec, first=start, label=f"refinement {n} ")
         for n, start in enumerate(starts, start=1))))
-    refined = [outcome.best for outcome in outcomes]
+    # A loop whose best iterate is its starting sample produced nothing new: that sample has
+    # already voted, and does not vote twice.
+    refined = [outcome.best for outcome in outcomes if outcome.chosen > 0]
     pool = originals + [step.draft for step in refined]
     pool_answers = answers + [step.answer for step in refined]
     pool_groups = groups + [book.add(step.answer) for step in refined]
     weights = [1.0] * len(originals) + [refined_weight(s.draft, originals) for s in refined]
     final = weighted_vote(pool, pool_groups, weights)
-    # A loop whose best iterate is its starting sample votes for it again, but it is listed once.
-    listed = {pool[i].index: i for i in reversed(range(len(pool)))}
-    order = [listed[index] for index in sorted(listed)]
+    order = sorted(range(len(pool)), key=lambda i: pool[i].index)
     details.update(route="hard", refinements=[
         {"from_answer": extract_answer(start.text, spec), "from_index": start.index,
-         "weight": round(weights[len(originals) + n], 4),
+         "weight": round(refined_weight(outcome.best.draft, originals), 4)
+         if outcome.chosen > 0 else None,
          **outcome.report(options.return_candidates)}
-        for n, (start, outcome) in enumerate(zip(starts, outcomes, strict=True))])
+        for start, outcome in zip(starts, outcomes, strict=True)])
     return Result(
         chosen=pool[final.winner],
         samples=tuple(pool[i] for i in order),

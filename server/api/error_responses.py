@@ -121,15 +121,18 @@ def classify(exc: BaseException) -> ClassifiedError:
         )
 
         classified = from_vllm_error(create_error_response(exc))
-        if classified.status >= 500 and classified.status != HTTPStatus.SERVICE_UNAVAILABLE:
-            return _error(classified.status, "internal server error", code="internal_error")
+        if classified.status == HTTPStatus.INTERNAL_SERVER_ERROR:
+            # A bug or an engine failure: no internals leak to the client (they are logged).
+            return _error(500, "internal server error", code="internal_error")
         return classified
     return _error(500, "internal server error", code="internal_error")
 
 
 def log_if_server_error(error: ClassifiedError, exc: BaseException, request_id: str) -> None:
-    """Log a 5xx once, with its traceback and the request id the client got."""
-    if error.status >= 500:
+    """Log a 500 once, with its traceback and the request id the client got. Other statuses
+    are answers, not failures (503 while loading or draining, 501 for what vLLM does not
+    support): the access log line records them."""
+    if error.status == HTTPStatus.INTERNAL_SERVER_ERROR:
         logger.error("request %s failed with %d", request_id, error.status, exc_info=exc)
 
 

@@ -74,7 +74,9 @@ def test_a_refinement_that_does_not_help_leaves_the_majority_standing() -> None:
     result = run(sampler, k=5, refine_top=2)
     assert result.route == "hard" and result.answer == "4"
     assert result.refine_iterations == (0, 0)
-    assert len(result.samples) == 5  # a kept start votes again but is listed once
+    assert result.votes == {"4": 3, "5": 1, "6": 1}  # a kept start does not vote twice
+    assert [r["weight"] for r in result.details["refinements"]] == [None, None]
+    assert len(result.samples) == 5
 
 
 def test_refined_weight_is_certainty_relative_to_the_original_mean() -> None:
