@@ -20,6 +20,7 @@ from strategies.answers import parse_answer_format
 
 __all__ = [
     "REGISTRY",
+    "WATCHER_STOP",
     "CertaintyMethod",
     "Message",
     "Result",
@@ -32,6 +33,9 @@ __all__ = [
 ]
 
 CertaintyMethod = Literal["exact", "topk"]
+
+# The finish_reason of a sample its watcher stopped (DeepConf's "terminated" trace).
+WATCHER_STOP = "terminated"
 
 # Called with the per-token certainties of a sample generated so far (the same values
 # `Sample.token_certainty` ends up with); returning True stops the sample there.
@@ -68,7 +72,7 @@ class Sample:
     # The per-token values `certainty` is the mean of.
     token_certainty: tuple[float, ...] = ()
     # True when the submit's watcher asked to stop this sample: the text is cut off there and
-    # finish_reason is "abort".
+    # finish_reason is WATCHER_STOP ("terminated").
     stopped_by_watcher: bool = False
 
     @property

@@ -30,7 +30,7 @@ from server.engine import certainty
 from server.engine.certainty.summary import summarise
 from server.exceptions import InvalidRequest
 from server.metrics import SUBREQUEST_TOKENS, SUBREQUESTS_RUNNING
-from strategies.base import CertaintyMethod, Message, Sample, TokenWatcher
+from strategies.base import WATCHER_STOP, CertaintyMethod, Message, Sample, TokenWatcher
 
 if TYPE_CHECKING:
     from vllm.sampling_params import SamplingParams
@@ -244,7 +244,7 @@ class VllmSampler:
                     finish_reason, stop_reason = delta.finish_reason, delta.stop_reason
                     watching = call.watch is not None and finish_reason is None
                     if watching and call.watch(self._so_far(exact, topk, len(token_ids))):
-                        stopped, finish_reason = True, "abort"
+                        stopped, finish_reason = True, WATCHER_STOP
                         break
         except asyncio.CancelledError:
             self.usage.aborted += 1

@@ -152,7 +152,7 @@ def test_a_watcher_stops_its_sample_and_the_engine_request(
         return await watched, await free
 
     watched, free = loop.run_until_complete(draw())
-    assert watched.stopped_by_watcher and watched.finish_reason == "abort"
+    assert watched.stopped_by_watcher and watched.finish_reason == "terminated"
     assert 5 <= watched.num_tokens < 400
     assert len(watched.token_certainty) == watched.num_tokens == seen[-1]
     assert seen == sorted(seen)  # called as tokens arrived, with everything so far

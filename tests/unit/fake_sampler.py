@@ -13,7 +13,8 @@ full signature and behaves as the engine-backed sampler does where a strategy ca
 - Sample indices are global over every submit (0, 1, 2, … across conversations), as seeds are.
 - Every submit is recorded (`calls`, one `SubmitCall` each) with everything it passed.
 - Samples stream token by token: with `watch`, the watcher is called after each token with the
-  certainties so far, and True cuts the sample there (`stopped_by_watcher`, "abort").
+  certainties so far, and True cuts the sample there (`stopped_by_watcher`, finish_reason
+  "terminated").
 - `abort_outstanding()` cancels and awaits every unfinished sample (recorded in `aborted`).
 - `report_progress()` notes are recorded in `progress`.
 
@@ -29,7 +30,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from strategies.base import CertaintyMethod, Message, Sample, TokenWatcher
+from strategies.base import WATCHER_STOP, CertaintyMethod, Message, Sample, TokenWatcher
 
 __all__ = ["FakeSampler", "ScriptKey", "Scripted", "SubmitCall", "answers", "word_pieces"]
 
@@ -133,7 +134,7 @@ class Scripted:
             index=index,
             text="".join(self.token_pieces[:seen]),
             token_ids=tuple(range(seen)),
-            finish_reason="abort",
+            finish_reason=WATCHER_STOP,
             cumulative_logprob=logprob,  # the same mean per token
             certainty=_mean(values),
             entropy=self.entropy,

@@ -292,7 +292,7 @@ def test_a_watcher_that_says_stop_cuts_the_sample_at_that_token() -> None:
 
     (sample,) = run(body)
     assert seen == [(4.0,), (4.0, 2.0), (4.0, 2.0, 0.5)]  # not called after it said stop
-    assert sample.stopped_by_watcher and sample.finish_reason == "abort"
+    assert sample.stopped_by_watcher and sample.finish_reason == "terminated"
     assert sample.text == "Let me think. " and sample.token_ids == (0, 1, 2)
     assert sample.token_certainty == (4.0, 2.0, 0.5)
     assert sample.certainty == pytest.approx(6.5 / 3)

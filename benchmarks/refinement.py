@@ -1,0 +1,255 @@
+"""Refinement vs sampling: accuracy and tokens per question of a single sample,
+self-consistency@8, `self_refine` (critique and If-or-Else) and `adaptive_refine`, live through
+the server on reasoning-gym tasks.
+
+    python benchmarks/refinement.py [--questions 100 --task chain_sum --concurrency 8]
+                                    [--model FOLDER] [-- ENGINE FLAGS]
+
+Every configuration answers the same seeded questions. Reported per configuration: accuracy,
+completion tokens per question (every draft, critique and aborted sample), sub-requests, p50
+latency, and the share of prompt tokens the engine read from its prefix cache while that
+configuration ran (vLLM's own counters: a refinement step continues the question and the draft,
+so it should reuse their full KV blocks). For `adaptive_refine` also the share of questions
+routed hard and the tokens spent on easy vs hard ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tqdm import tqdm
+
+from harness import save_figure, split_engine_flags
+from strategies.answers import answers_equivalent, extract_answer, parse_answer_format
+from tests.servers import REFINERY_READY, free_port, refinery_command, running, spawn
+
+REPO = Path(__file__).resolve().parents[1]
+SERVED = "model"
+HEADER = ("| config | accuracy % | completion tokens / question | sub-requests "
+          "| refine iterations | p50 latency ms | prompt tokens from prefix cache |\n"
+          "|---|---|---|---|---|---|---|")
+SUFFIX = " Think briefly, then end with 'The answer is <number>.'"
+TASK_OPTIONS: dict[str, dict[str, Any]] = {
+    "chain_sum": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1},
+}
+CONFIGS: dict[str, dict[str, Any] | None] = {
+    "single": None,
+    "sc@8": {"name": "self_consistency", "stop": "fixed", "max_samples": 8},
+    "self_refine critique": {"name": "self_refine", "mode": "critique"},
+    "self_refine ioe": {"name": "self_refine", "mode": "ioe"},
+    "adaptive_refine": {"name": "adaptive_refine"},
+}
+
+
+@dataclass(frozen=True)
+class Question:
+    index: int
+    prompt: str
+    gold: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class Answer:
+    correct: bool
+    completion_tokens: int
+    sub_requests: int
+    latency_s: float
+    route: str | None = None
+    iterations: int | None = None
+
+
+def load_questions(task: str, count: int, seed: int) -> list[Question]:
+    import reasoning_gym
+
+    dataset = reasoning_gym.create_dataset(task, size=count, seed=seed,
+                                           **TASK_OPTIONS.get(task, {}))
+    return [Question(i, entry["question"] + SUFFIX, str(entry["answer"]), seed * 100_000 + i * 64)
+            for i, entry in enumerate(dataset)]
+
+
+def correct(text_answer: str | None, gold: str) -> bool:
+    return text_answer is not None and answers_equivalent(text_answer, gold)
+
+
+async def ask(client: httpx.AsyncClient, q: Question, spec: dict[str, Any] | None,
+              max_tokens: int) -> Answer:
+    body: dict[str, Any] = {"model": SERVED, "messages": [{"role": "user", "content": q.prompt}],
+                            "temperature": 0.7, "max_tokens": max_tokens, "seed": q.seed}
+    if spec is not None:
+        body["strategy"] = {**spec, "answer_format": "number"}
+    started = time.perf_counter()
+    response = await client.post("/v1/chat/completions", json=body)
+    latency = time.perf_counter() - started
+    response.raise_for_status()
+    reply = response.json()
+    info = reply.get("strategy")
+    if info is None:
+        answer = extract_answer(reply["choices"][0]["message"]["content"],
+                                parse_answer_format("number"))
+        return Answer(correct(answer, q.gold), reply["usage"]["completion_tokens"], 1, latency)
+    iterations = None
+    if "iterations" in info:
+        iterations = len(info["iterations"]) - 1
+    elif info.get("refinements"):
+        iterations = sum(len(r["iterations"]) - 1 for r in info["refinements"])
+    return Answer(correct(info["answer"], q.gold), info["usage"]["completion_tokens"],
+                  info["usage"]["sub_requests"], latency, info.get("route"), iterations)
+
+
+def prefix_counters(base_url: str) -> tuple[float, float]:
+    """(prefix-cache hits, queries) in prompt tokens, from the server's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    totals = {"vllm:prefix_cache_hits_total": 0.0, "vllm:prefix_cache_queries_total": 0.0}
+    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in totals:
+                totals[sample.name] += sample.value
+    return totals["vllm:prefix_cache_hits_total"], totals["vllm:prefix_cache_queries_total"]
+
+
+async def run_config(base_url: str, questions: list[Question], spec: dict[str, Any] | None,
+                     max_tokens: int, concurrency: int, label: str) -> list[Answer]:
+    gate = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=base_url, timeout=1800) as client:
+        with tqdm(total=len(questions), desc=label, unit="q") as bar:
+            async def one(q: Question) -> Answer:
+                async with gate:
+                    answer = await ask(client, q, spec, max_tokens)
+                bar.update()
+                return answer
+
+            return list(await asyncio.gather(*(one(q) for q in questions)))
+
+
+def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    own, engine_flags = split_engine_flags(argv)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", default="chain_sum")
+    parser.add_argument("--questions", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--model", type=Path, default=None,
+                        help="a Hugging Face model folder (default: the embedded SmolLM2)")
+    parser.add_argument("--out-png", type=Path, default=REPO / "docs" / "refinement.png")
+    return parser.parse_args(own), engine_flags
+
+
+def _plot(rows: list[dict[str, Any]], title: str, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for row in rows:
+        ax.scatter(row["tokens"], row["accuracy"] * 100, s=40)
+        ax.annotate(row["config"], (row["tokens"], row["accuracy"] * 100),
+                    textcoords="offset points", xytext=(5, 4))
+    ax.set(title=title, xlabel="completion tokens per question (all sub-requests)",
+           ylabel="accuracy %")
+    save_figure(fig, png)
+
+
+def main(argv: Sequence[str]) -> int:
+    args, engine_flags = _parse(argv)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    if args.model is None:
+        from server.embedded_model import ensure_embedded_model
+        from server.settings import Settings
+
+        model = ensure_embedded_model(Settings().cache_dir)
+    else:
+        model = args.model
+    questions = load_questions(args.task, args.questions, args.seed)
+    logs = Path(tempfile.mkdtemp(prefix="refinery-refinement-"))
+    port = free_port()
+    server = spawn(refinery_command(port, str(model), "--served-model-name", SERVED,
+                                    *engine_flags), logs / "refinery.log", port=port,
+                   ready_paths=REFINERY_READY)
+    rows = []
+    with running(server):
+        for name, spec in CONFIGS.items():
+            hits0, queries0 = prefix_counters(server.base_url)
+            answers = asyncio.run(run_config(server.base_url, questions, spec, args.max_tokens,
+                                             args.concurrency, name))
+            hits1, queries1 = prefix_counters(server.base_url)
+            row: dict[str, Any] = {
+                "config": name,
+                "accuracy": statistics.mean(a.correct for a in answers),
+                "tokens": statistics.mean(a.completion_tokens for a in answers),
+                "sub_requests": statistics.mean(a.sub_requests for a in answers),
+                "p50_ms": 1000 * statistics.median(a.latency_s for a in answers),
+                "prefix_hit": (hits1 - hits0) / (queries1 - queries0)
+                if queries1 > queries0 else 0.0,
+                "iterations": statistics.mean(a.iterations for a in answers)
+                if all(a.iterations is not None for a in answers) else None,
+            }
+            routed = [a for a in answers if a.route is not None]
+            if routed:
+                easy = [a.completion_tokens for a in routed if a.route == "easy"]
+                hard = [a.completion_tokens for a in routed if a.route == "hard"]
+                row["hard_share"] = len(hard) / len(routed)
+                row["easy_tokens"] = statistics.mean(easy) if easy else None
+                row["hard_tokens"] = statistics.mean(hard) if hard else None
+                row["easy_accuracy"] = statistics.mean(
+                    a.correct for a in routed if a.route == "easy") if easy else None
+                row["hard_accuracy"] = statistics.mean(
+                    a.correct for a in routed if a.route == "hard") if hard else None
+            rows.append(row)
+    title = f"Refinement vs sampling: reasoning-gym {args.task}, {model.name}"
+    _plot(rows, title, args.out_png)
+
+    def fmt(value: float | None, pattern: str) -> str:
+        return "–" if value is None else pattern.format(value)
+
+    table = "\n".join(
+        f"| {r['config']} | {100 * r['accuracy']:.1f} | {r['tokens']:.0f} | "
+        f"{r['sub_requests']:.1f} | {fmt(r['iterations'], '{:.2f}')} | {r['p50_ms']:.0f} | "
+        f"{100 * r['prefix_hit']:.0f}% |" for r in rows)
+    routing = "\n".join(
+        f"- `{r['config']}`: {100 * r['hard_share']:.0f}% of questions routed hard; "
+        f"tokens per question {fmt(r['easy_tokens'], '{:.0f}')} easy vs "
+        f"{fmt(r['hard_tokens'], '{:.0f}')} hard; accuracy "
+        f"{fmt(r['easy_accuracy'] and 100 * r['easy_accuracy'], '{:.1f}')}% easy vs "
+        f"{fmt(r['hard_accuracy'] and 100 * r['hard_accuracy'], '{:.1f}')}% hard"
+        for r in rows if "hard_share" in r)
+    print(f"""
+### Refinement vs sampling
+
+- command: `python benchmarks/refinement.py {shlex.join(argv)}`
+- machine: {platform.platform()}, {os.cpu_count()} CPUs; model `{model.name}`
+- date: {datetime.date.today().isoformat()}
+- task: reasoning-gym `{args.task}` (seed {args.seed}), {args.questions} questions,
+  "{SUFFIX.strip()}", temperature 0.7, max {args.max_tokens} tokens per draft,
+  answer_format `number`; {args.concurrency} questions in flight; strategy defaults otherwise
+
+{HEADER}
+{table}
+
+{routing}
+
+![refinement]({os.path.relpath(args.out_png, REPO / 'docs')})
+""")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
