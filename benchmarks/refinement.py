@@ -38,6 +38,7 @@ from strategies.answers import answers_equivalent, extract_answer, parse_answer_
 from tests.servers import REFINERY_READY, free_port, refinery_command, running, spawn
 
 REPO = Path(__file__).resolve().parents[1]
+BLOCK = 128  # vLLM-CPU's default KV block size
 SERVED = "model"
 HEADER = ("| config | accuracy % | completion tokens / question | sub-requests "
           "| refine iterations | p50 latency ms | prompt tokens from prefix cache |\n"
@@ -105,10 +106,34 @@ async def ask(client: httpx.AsyncClient, q: Question, spec: dict[str, Any] | Non
     iterations = None
     if "iterations" in info:
         iterations = len(info["iterations"]) - 1
-    elif info.get("refinements"):
-        iterations = sum(len(r["iterations"]) - 1 for r in info["refinements"])
+    elif "route" in info:  # adaptive_refine: every loop's rewrites; none on an easy question
+        iterations = sum(len(r["iterations"]) - 1 for r in info.get("refinements", []))
     return Answer(correct(info["answer"], q.gold), info["usage"]["completion_tokens"],
                   info["usage"]["sub_requests"], latency, info.get("route"), iterations)
+
+
+def refinement_step_reuse(base_url: str, tokenizer_folder: Path) -> dict[str, float]:
+    """One `self_refine` request (1 critique, 1 rewrite) on a long question no earlier request
+    saw: how many prompt tokens of its three sub-requests came from the prefix cache, against
+    the question's full KV blocks that the critique and the rewrite could reuse."""
+    import uuid
+
+    from transformers import AutoTokenizer
+
+    story = (f"Story {uuid.uuid4().hex}. " + "The cat sat on the mat. " * 90
+             + "How many times did the cat sit?" + SUFFIX)
+    messages = [{"role": "user", "content": story}]
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+    question = len(tokenizer(tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=False))["input_ids"])
+    hits0, queries0 = prefix_counters(base_url)
+    body = {"model": SERVED, "messages": messages, "temperature": 0.7, "max_tokens": 64,
+            "seed": 1, "strategy": {"name": "self_refine", "stop": "fixed", "max_iterations": 1}}
+    info = httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=600).json()
+    hits1, queries1 = prefix_counters(base_url)
+    return {"question": question, "hits": hits1 - hits0, "queries": queries1 - queries0,
+            "sub_requests": info["strategy"]["usage"]["sub_requests"],
+            "block_reusable": 2 * (question // BLOCK) * BLOCK}
 
 
 def prefix_counters(base_url: str) -> tuple[float, float]:
@@ -158,13 +183,14 @@ def _plot(rows: list[dict[str, Any]], title: str, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for row in rows:
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for n, row in enumerate(rows):
         ax.scatter(row["tokens"], row["accuracy"] * 100, s=40)
         ax.annotate(row["config"], (row["tokens"], row["accuracy"] * 100),
-                    textcoords="offset points", xytext=(5, 4))
-    ax.set(title=title, xlabel="completion tokens per question (all sub-requests)",
-           ylabel="accuracy %")
+                    textcoords="offset points", xytext=(6, 8 if n % 2 else -14), fontsize=9)
+    ax.margins(x=0.2, y=0.25)
+    ax.set_title(title, fontsize=10)
+    ax.set(xlabel="completion tokens per question (all sub-requests)", ylabel="accuracy %")
     save_figure(fig, png)
 
 
@@ -214,7 +240,8 @@ def main(argv: Sequence[str]) -> int:
                 row["hard_accuracy"] = statistics.mean(
                     a.correct for a in routed if a.route == "hard") if hard else None
             rows.append(row)
-    title = f"Refinement vs sampling: reasoning-gym {args.task}, {model.name}"
+        reuse = refinement_step_reuse(server.base_url, model)
+    title = f"Refinement vs sampling\nreasoning-gym {args.task}, {model.name}"
     _plot(rows, title, args.out_png)
 
     def fmt(value: float | None, pattern: str) -> str:
@@ -245,6 +272,12 @@ def main(argv: Sequence[str]) -> int:
 {table}
 
 {routing}
+
+A refinement step's prefix reuse (`self_refine`, one critique and one rewrite, on a
+{reuse['question']}-token question no earlier request saw): {reuse['hits']:.0f} of the
+{reuse['queries']:.0f} prompt tokens of its {reuse['sub_requests']} sub-requests came from the
+prefix cache; the question's full {BLOCK}-token blocks account for {reuse['block_reusable']} of
+them (critique and rewrite), the rest is the draft's.
 
 ![refinement]({os.path.relpath(args.out_png, REPO / 'docs')})
 """)

@@ -6,11 +6,13 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
+    "DSC_PREALLOCATION",
     "REFINE_ITERATIONS",
     "REFINE_ROUTES",
     "REQUESTS",
     "REQUEST_DURATION",
     "SAMPLES_SAVED",
+    "SAMPLES_TERMINATED",
     "STRATEGY_REQUESTS",
     "STRATEGY_SAMPLES",
     "SUBREQUESTS_RUNNING",
@@ -76,4 +78,15 @@ REFINE_ROUTES = Counter(
     "refinery_refine_route",
     "Questions adaptive_refine routed as easy (answered by the vote) or hard (refined).",
     ["route"],
+)
+SAMPLES_TERMINATED = Counter(
+    "refinery_samples_terminated",
+    "Samples a strategy's token watcher stopped mid-generation (DeepConf's low-confidence "
+    "traces), by strategy.",
+    ["strategy"],
+)
+DSC_PREALLOCATION = Histogram(
+    "refinery_dsc_preallocation",
+    "Samples DSC pre-allocated for a request from its group's recent stopping sizes.",
+    buckets=(1, 2, 4, 8, 12, 16, 20, 24, 32, 40, 48, 64),
 )

@@ -6,6 +6,8 @@ Importing this package registers every strategy in `REGISTRY` and validates the 
 from strategies import (  # noqa: F401  (registration)
     adaptive_refine,
     best_of_n,
+    deepconf,
+    dsc,
     self_consistency,
     self_refine,
 )

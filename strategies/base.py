@@ -97,6 +97,9 @@ class Sampler(Protocol):
     """
 
     certainty_method: CertaintyMethod  # how Sample.certainty was computed
+    # The served model and the request's system prompt, hashed: requests of one family can
+    # share statistics across requests (DSC's recent stopping sizes).
+    family: str
 
     def submit(
         self,
@@ -170,6 +173,12 @@ class StrategyOptions(BaseModel):
         the server caps it."""
         return 0
 
+    def certainty_source(self) -> CertaintyMethod | None:
+        """Which token certainty the samples must carry: "topk" asks for the top-20 logprob
+        estimate even where the exact plugin runs; None (default) takes the exact value when
+        the engine has it."""
+        return None
+
 
 @dataclass(frozen=True)
 class Result:
@@ -186,6 +195,8 @@ class Result:
     # taken (recorded in metrics by the API).
     refine_iterations: tuple[int, ...] = ()
     route: Literal["easy", "hard"] | None = None
+    # DSC: the samples pre-allocated from the request's group history (recorded in metrics).
+    preallocation: int | None = None
 
 
 OptionsT = TypeVar("OptionsT", bound=StrategyOptions)

@@ -37,6 +37,8 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "borda8": {"name": "best_of_n", "n": 8, "selection": "borda"},
     "refine": {"name": "self_refine"},
     "adaptive": {"name": "adaptive_refine"},
+    "deepconf": {"name": "deepconf", "eta": 10, "max_samples": 32},
+    "dsc": {"name": "dsc"},
 }
 validate_presets(_PRESETS)
 PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(

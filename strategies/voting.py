@@ -39,8 +39,12 @@ def argmax_sample(samples: Sequence[Sample], key: Callable[[Sample], float | Non
 
 
 def _best_in_group(samples: Sequence[Sample], groups: Sequence[int | None], group: int) -> int:
+    """The sample a vote returns for its winning answer: the most certain one that finished
+    (`finish_reason` "stop"), so a text cut at max_tokens or terminated by a watcher is returned
+    only when no sample of that answer finished."""
     members = [i for i, g in enumerate(groups) if g == group]
-    return max(members, key=lambda i: _certainty_key(samples[i]))
+    return max(members, key=lambda i: (samples[i].finish_reason == "stop",
+                                       _certainty_key(samples[i])))
 
 
 def _decide(

@@ -102,6 +102,7 @@ def strategy_info(outcome: StrategyOutcome) -> dict[str, Any]:
                 "mean_logprob": sample.mean_logprob,
                 "tokens": sample.num_tokens,
                 "finish_reason": sample.finish_reason,
+                "terminated": sample.stopped_by_watcher,
                 "chosen": sample.index == result.chosen.index,
             }
             for sample, answer in zip(result.samples, result.answers, strict=True)

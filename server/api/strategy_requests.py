@@ -23,12 +23,15 @@ from server.api.strategy_selection import ResolvedStrategy
 from server.engine.vllm import OpenedSampler
 from server.exceptions import InvalidRequest
 from server.metrics import (
+    DSC_PREALLOCATION,
     REFINE_ITERATIONS,
     REFINE_ROUTES,
     SAMPLES_SAVED,
+    SAMPLES_TERMINATED,
     STRATEGY_REQUESTS,
     STRATEGY_SAMPLES,
 )
+from strategies.base import CertaintyMethod
 
 __all__ = ["SamplerFactory", "run_strategy_request"]
 
@@ -42,7 +45,8 @@ class SamplerFactory(Protocol):
     """What the strategy path needs of an engine (`VllmEngine`, or a test's stub)."""
 
     async def open_sampler(
-        self, request: ChatCompletionRequest | CompletionRequest, request_id: str, slots: int
+        self, request: ChatCompletionRequest | CompletionRequest, request_id: str, slots: int,
+        certainty_source: CertaintyMethod | None = None,
     ) -> OpenedSampler: ...
 
 
@@ -78,7 +82,7 @@ async def _open(
 ) -> OpenedSampler:
     options = resolved.options
     opened = await engine.open_sampler(request, f"strategy-{uuid.uuid4().hex}",
-                                       options.sample_budget())
+                                       options.sample_budget(), options.certainty_source())
     if options.parallel_samples() > 1 and opened.temperature < _GREEDY_TEMPERATURE:
         raise InvalidRequest(
             "temperature 0 (greedy) would draw identical samples: this strategy draws "
@@ -107,6 +111,11 @@ async def _run(opened: OpenedSampler, resolved: ResolvedStrategy) -> StrategyOut
         REFINE_ITERATIONS.labels(name).observe(iterations)
     if result.route is not None:
         REFINE_ROUTES.labels(result.route).inc()
+    if result.preallocation is not None:
+        DSC_PREALLOCATION.observe(result.preallocation)
+    terminated = sum(sample.stopped_by_watcher for sample in result.samples)
+    if terminated:
+        SAMPLES_TERMINATED.labels(name).inc(terminated)
     return StrategyOutcome(
         result=result,
         resolved=resolved,

@@ -8,6 +8,8 @@ samplers submit to, so their behaviour is `vllm serve`'s by construction.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 from argparse import Namespace
 from dataclasses import dataclass
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 from starlette.datastructures import State
 
 from server.engine.vllm_sampler import SamplerUsage, VllmSampler
-from strategies.base import Sampler
+from strategies.base import CertaintyMethod, Sampler
 
 if TYPE_CHECKING:
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
@@ -26,9 +28,20 @@ if TYPE_CHECKING:
     from vllm.entrypoints.openai.models.serving import OpenAIServingModels
     from vllm.v1.engine.async_llm import AsyncLLM
 
-__all__ = ["OpenedSampler", "VllmEngine"]
+__all__ = ["OpenedSampler", "VllmEngine", "request_family"]
 
 logger = logging.getLogger(__name__)
+
+
+def request_family(model: str, request: ChatCompletionRequest | CompletionRequest) -> str:
+    """The served model plus a hash of the request's system prompt (its system and developer
+    messages; none for a completion): requests of one family are alike enough to share
+    statistics (DSC's stopping sizes)."""
+    messages = getattr(request, "messages", None) or []
+    system = [json.dumps(m.get("content"), sort_keys=True, default=str) for m in messages
+              if isinstance(m, dict) and m.get("role") in ("system", "developer")]
+    digest = hashlib.sha256("\n".join(system).encode()).hexdigest()[:12]
+    return f"{model}:{digest}"
 
 
 @dataclass(frozen=True)
@@ -106,7 +119,8 @@ class VllmEngine:
         return self._serving.openai_serving_models
 
     async def open_sampler(
-        self, request: ChatCompletionRequest | CompletionRequest, request_id: str, slots: int
+        self, request: ChatCompletionRequest | CompletionRequest, request_id: str, slots: int,
+        certainty_source: CertaintyMethod | None = None,
     ) -> OpenedSampler:
         """Render the request's prompt (vLLM's checks: model, length, template), derive its
         sampling parameters, and check that the engine's queue has room for `slots` sequences,
@@ -121,7 +135,9 @@ class VllmEngine:
         prompt = await render(())
         params = request_sampling_params(serving, request, prompt)
         self.async_llm.check_admission(slots)
-        sampler = VllmSampler(self.async_llm, render, prompt, params, request_id)
+        sampler = VllmSampler(self.async_llm, render, prompt, params, request_id,
+                              family=request_family(serving.models.model_name(), request),
+                              certainty_source=certainty_source)
         return OpenedSampler(sampler, sampler.usage, "chat" if is_chat else "completion",
                              serving.models.model_name(), params.temperature, sampler.progress)
 

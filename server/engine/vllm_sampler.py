@@ -114,17 +114,22 @@ class VllmSampler:
         prompt: RenderedPrompt,
         params: SamplingParams,
         request_id: str,
+        *,
+        family: str = "",
+        certainty_source: CertaintyMethod | None = None,
     ) -> None:
-        """`prompt` is the request's own conversation, already rendered (and checked) by the
-        API layer; `params` are the request's sampling parameters for it."""
+        """`prompt` is the request's own conversation, already rendered (and checked); `params`
+        are the request's sampling parameters for it. `certainty_source="topk"` asks for the
+        top-20 estimate even where the exact plugin runs."""
         from vllm.sampling_params import RequestOutputKind
 
         self._engine = engine
         self._render = render
         self._request_id = request_id
         self._base_seed = params.seed
-        self._exact = certainty.active()
+        self._exact = certainty.active() and certainty_source != "topk"
         self.certainty_method: CertaintyMethod = "exact" if self._exact else "topk"
+        self.family = family
         template = params.clone()
         template.n = 1
         template.flat_logprobs = True

@@ -103,6 +103,7 @@ class Opened:
     request_id: str
     slots: int
     sampler: FakeSampler
+    certainty_source: str | None = None
 
 
 @dataclass
@@ -122,12 +123,13 @@ class StubEngine:
     opened: list[Opened] = field(default_factory=list)
 
     async def open_sampler(
-        self, request: ChatCompletionRequest | CompletionRequest, request_id: str, slots: int
+        self, request: ChatCompletionRequest | CompletionRequest, request_id: str, slots: int,
+        certainty_source: str | None = None,
     ) -> OpenedSampler:
         if self.open_error is not None:
             raise self.open_error
         sampler = FakeSampler(self.script)
-        self.opened.append(Opened(request, request_id, slots, sampler))
+        self.opened.append(Opened(request, request_id, slots, sampler, certainty_source))
         kind: Literal["chat", "completion"] = (
             "chat" if isinstance(request, ChatCompletionRequest) else "completion")
         # vLLM's default temperature is 1.0; 0 is kept (greedy), which `or` would lose.

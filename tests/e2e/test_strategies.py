@@ -26,7 +26,8 @@ def strategy_of(reply: object) -> dict:
 def test_strategies_listing_comes_from_the_option_models(server: ServerProcess) -> None:
     listing = httpx.get(f"{server.base_url}/v1/strategies").json()
     by_name = {s["name"]: s for s in listing["data"]}
-    assert set(by_name) == {"self_consistency", "best_of_n", "self_refine", "adaptive_refine"}
+    assert set(by_name) == {"self_consistency", "best_of_n", "self_refine", "adaptive_refine",
+                            "deepconf", "dsc"}
     sc = by_name["self_consistency"]["options"]
     assert sc["max_samples"]["default"] == 16
     assert (sc["max_samples"]["minimum"], sc["max_samples"]["maximum"]) == (1, 64)

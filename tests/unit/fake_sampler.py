@@ -189,6 +189,7 @@ class FakeSampler:
     script: Sequence[Scripted] = ()  # the request's own conversation (messages=())
     continuations: Mapping[ScriptKey, Sequence[Scripted]] = field(default_factory=dict)
     certainty_method: CertaintyMethod = "topk"
+    family: str = "fake:family"
     calls: list[SubmitCall] = field(default_factory=list, init=False)
     finished: list[int] = field(default_factory=list, init=False)  # incl. stopped by a watcher
     stopped: list[int] = field(default_factory=list, init=False)  # stopped by their watcher

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
 from strategies.base import Sample
 from strategies.best_of_n import BestOfNOptions, run_best_of_n
-from strategies.voting import borda_vote
+from strategies.voting import borda_vote, majority_vote
 from tests.unit.fake_sampler import FakeSampler, Scripted
 
 
@@ -79,3 +80,18 @@ def test_all_n_samples_are_submitted_at_once() -> None:
     sampler = FakeSampler([Scripted("x", 1.0)] * 6)
     asyncio.run(run_best_of_n(sampler, BestOfNOptions(n=6)))
     assert sampler.submitted == [(i, 0) for i in range(6)]
+
+
+def test_a_vote_returns_a_finished_sample_of_the_winning_answer_over_a_truncated_one() -> None:
+    truncated = Sample(index=0, text="The answer is 3 and furth", token_ids=(1,) * 8,
+                       finish_reason="length", certainty=9.0)
+    finished = Sample(index=1, text="The answer is 3.", token_ids=(1,) * 4,
+                      finish_reason="stop", certainty=2.0)
+    other = Sample(index=2, text="The answer is 4.", token_ids=(1,) * 4, finish_reason="stop",
+                   certainty=1.0)
+    for vote in (borda_vote([truncated, finished, other], [0, 0, 1], power=0.5),
+                 majority_vote([truncated, finished, other], [0, 0, 1])):
+        assert vote.group == 0 and vote.winner == 1
+    # Only truncated samples for the answer: the most certain of them.
+    less_certain = dataclasses.replace(truncated, index=3, certainty=1.0)
+    assert majority_vote([less_certain, truncated, other], [0, 0, 1]).winner == 1
