@@ -78,6 +78,22 @@ def test_deepconf_streams_progress_then_the_answer(server: ServerProcess) -> Non
     assert final["strategy"]["name"] == "deepconf" and lines[-1] == "data: [DONE]"
 
 
+def test_dsc_streams_its_allocation_then_the_answer(server: ServerProcess) -> None:
+    body = {"model": "smollm2", "messages": QUESTION, **SAMPLING, "stream": True,
+            "stream_options": {"include_usage": True},
+            "strategy": {"name": "dsc", "max_samples": 8, "group": "streaming-test-2b1d"}}
+    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body,
+                      timeout=120) as response:
+        lines = [line for line in response.iter_lines() if line]
+    assert any(line.startswith(": refinery: first window") for line in lines)
+    events = [json.loads(line[6:]) for line in lines
+              if line.startswith("data: ") and line != "data: [DONE]"]
+    final = [e for e in events if e["choices"] and e["choices"][0]["finish_reason"]][0]
+    info = final["strategy"]
+    assert info["name"] == "dsc" and info["group"] == "streaming-test-2b1d"
+    assert 4 <= info["stop_size"] <= 8 and events[-1]["usage"]["completion_tokens"] > 0
+
+
 @pytest.mark.parametrize("model", ["smollm2+deepconf", "smollm2+dsc"])
 def test_confidence_presets_answer_through_their_aliases(client: OpenAI, model: str) -> None:
     reply = client.chat.completions.create(model=model, messages=QUESTION, **SAMPLING)
