@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import functools
 import os
 import platform
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,11 +31,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from tqdm import tqdm
 
-from harness import save_figure, split_engine_flags
+from harness import (
+    Question,
+    load_questions,
+    run_questions,
+    scatter_plot,
+    served_model,
+    spawn_refinery,
+    split_engine_flags,
+    task_parser,
+)
 from strategies.answers import answers_equivalent
-from tests.servers import REFINERY_READY, free_port, refinery_command, running, spawn
+from tests.servers import running
 
 REPO = Path(__file__).resolve().parents[1]
 SERVED = "model"
@@ -67,14 +75,6 @@ def configs(budget: int) -> dict[str, dict[str, Any]]:
 
 
 @dataclass(frozen=True)
-class Question:
-    index: int
-    prompt: str
-    gold: str
-    seed: int
-
-
-@dataclass(frozen=True)
 class Answer:
     correct: bool
     samples: int
@@ -82,15 +82,6 @@ class Answer:
     terminated: int
     latency_s: float
     details: dict[str, Any]
-
-
-def load_questions(task: str, count: int, seed: int) -> list[Question]:
-    import reasoning_gym
-
-    dataset = reasoning_gym.create_dataset(task, size=count, seed=seed,
-                                           **TASK_OPTIONS.get(task, {}))
-    return [Question(i, entry["question"] + SUFFIX, str(entry["answer"]), seed * 100_000 + i * 64)
-            for i, entry in enumerate(dataset)]
 
 
 async def ask(client: httpx.AsyncClient, q: Question, spec: dict[str, Any],
@@ -107,20 +98,6 @@ async def ask(client: httpx.AsyncClient, q: Question, spec: dict[str, Any],
     return Answer(answer is not None and answers_equivalent(answer, q.gold),
                   info["usage"]["sub_requests"], info["usage"]["completion_tokens"],
                   sum(1 for c in info["candidates"] if c["terminated"]), latency, info)
-
-
-async def run_config(base_url: str, questions: list[Question], spec: dict[str, Any],
-                     max_tokens: int, concurrency: int, label: str) -> list[Answer]:
-    gate = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=base_url, timeout=1800) as client:
-        with tqdm(total=len(questions), desc=label, unit="q") as bar:
-            async def one(q: Question) -> Answer:
-                async with gate:
-                    answer = await ask(client, q, spec, max_tokens)
-                bar.update()
-                return answer
-
-            return list(await asyncio.gather(*(one(q) for q in questions)))
 
 
 def spearman(xs: Sequence[float], ys: Sequence[float]) -> float:
@@ -176,60 +153,27 @@ def watcher_cost(model: Path, engine_flags: Sequence[str], rounds: int, samples:
 
 def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     own, engine_flags = split_engine_flags(argv)
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", default="chain_sum")
-    parser.add_argument("--questions", type=int, default=60)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser = task_parser(__doc__.split("\n\n")[0], questions=60, max_tokens=64,
+                         png=REPO / "docs" / "confidence.png")
     parser.add_argument("--budget", type=int, default=32)
-    parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--watcher-rounds", type=int, default=4)
-    parser.add_argument("--model", type=Path, default=None,
-                        help="a Hugging Face model folder (default: the embedded SmolLM2)")
-    parser.add_argument("--out-png", type=Path, default=REPO / "docs" / "confidence.png")
     return parser.parse_args(own), engine_flags
-
-
-def _plot(rows: list[dict[str, Any]], title: str, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    markers = "osD^v<>Px*"
-    for n, row in enumerate(rows):
-        ax.scatter(row["tokens"], row["accuracy"] * 100, s=50, marker=markers[n % len(markers)],
-                   label=row["config"])
-    ax.legend(fontsize=8, loc="best")
-    ax.margins(x=0.15, y=0.2)
-    ax.set_title(title, fontsize=10)
-    ax.set(xlabel="generated tokens per question (every sample)", ylabel="accuracy %")
-    save_figure(fig, png)
 
 
 def main(argv: Sequence[str]) -> int:
     args, engine_flags = _parse(argv)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    if args.model is None:
-        from server.embedded_model import ensure_embedded_model
-        from server.settings import Settings
-
-        model = ensure_embedded_model(Settings().cache_dir)
-    else:
-        model = args.model
-    questions = load_questions(args.task, args.questions, args.seed)
-    logs = Path(tempfile.mkdtemp(prefix="refinery-confidence-"))
-    port = free_port()
-    server = spawn(refinery_command(port, str(model), "--served-model-name", SERVED,
-                                    *engine_flags), logs / "refinery.log", port=port,
-                   ready_paths=REFINERY_READY)
+    model = served_model(args.model)
+    questions = load_questions(args.task, args.questions, args.seed, SUFFIX, TASK_OPTIONS)
+    server = spawn_refinery(model, SERVED, engine_flags, "confidence")
     rows: list[dict[str, Any]] = []
     by_config: dict[str, list[Answer]] = {}
     with running(server):
         for name, spec in configs(args.budget).items():
-            answers = asyncio.run(run_config(server.base_url, questions, spec, args.max_tokens,
-                                             args.concurrency, name))
+            answers = asyncio.run(run_questions(
+                server.base_url, questions,
+                functools.partial(ask, spec=spec, max_tokens=args.max_tokens),
+                args.concurrency, name))
             by_config[name] = answers
             rows.append({
                 "config": name,
@@ -245,7 +189,9 @@ def main(argv: Sequence[str]) -> int:
     dsc = [(c, n) for c, n in dsc if c is not None]
     rho = spearman([c for c, _ in dsc], [n for _, n in dsc]) if len(dsc) > 2 else float("nan")
     title = f"Confidence-guided sampling\nreasoning-gym {args.task}, {model.name}"
-    _plot(rows, title, args.out_png)
+    scatter_plot(rows, "tokens", "accuracy", title,
+                 "generated tokens per question (every sample)", "accuracy %", args.out_png,
+                 y_scale=100)
     sc_tokens = rows[0]["tokens"]
     table = "\n".join(
         f"| {r['config']} | {100 * r['accuracy']:.1f} | {r['samples']:.1f} | {r['tokens']:.0f} | "

@@ -33,7 +33,7 @@ from pathlib import Path
 import httpx
 from tqdm import tqdm
 
-from harness import save_figure, split_engine_flags
+from harness import Question, load_questions, save_figure, split_engine_flags
 from strategies.answers import (
     AnswerGroups,
     answers_equivalent,
@@ -55,27 +55,13 @@ CONFIGS = [("fixed", 16), ("esc", 16), ("asc", 16), ("fixed", 40), ("esc", 40), 
 
 
 @dataclass(frozen=True)
-class Question:
-    index: int
-    prompt: str
-    gold: str
-    seed: int
-
-
-@dataclass(frozen=True)
 class Outcome:
     samples: int
     answer: str | None
     latency_s: float = 0.0
 
 
-def load_questions(task: str, count: int, seed: int) -> list[Question]:
-    import reasoning_gym
-
-    options = {"chain_sum": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}}
-    dataset = reasoning_gym.create_dataset(task, size=count, seed=seed, **options.get(task, {}))
-    return [Question(i, entry["question"] + SUFFIX, str(entry["answer"]), seed * 100_000 + i * 64)
-            for i, entry in enumerate(dataset)]
+TASK_OPTIONS = {"chain_sum": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}}
 
 
 async def ask(client: httpx.AsyncClient, q: Question, stop: str, max_samples: int,
@@ -164,7 +150,7 @@ def main(argv: Sequence[str]) -> int:
     from server.settings import Settings
 
     model = ensure_embedded_model(Settings().cache_dir)
-    questions = load_questions(args.task, args.questions, args.seed)
+    questions = load_questions(args.task, args.questions, args.seed, SUFFIX, TASK_OPTIONS)
     budget = max(m for _, m in CONFIGS)
     logs = Path(tempfile.mkdtemp(prefix="refinery-early-stopping-"))
     port = free_port()

@@ -1,14 +1,31 @@
 """What every benchmark script does the same way: split its own arguments from the engine's,
-build the offline vLLM engine `refinery serve` would build, and save a plot."""
+build the offline vLLM engine `refinery serve` would build, load seeded reasoning-gym
+questions, send them through a live server at a fixed concurrency, and save a plot."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["offline_llm", "save_figure", "split_engine_flags"]
+__all__ = [
+    "Question",
+    "load_questions",
+    "offline_llm",
+    "run_questions",
+    "save_figure",
+    "scatter_plot",
+    "served_model",
+    "spawn_refinery",
+    "split_engine_flags",
+    "task_parser",
+]
+
+T = TypeVar("T")
 
 # Scripts see only benchmarks/ on sys.path; the root adds tests.servers (kept out of the wheel).
 _REPO = str(Path(__file__).resolve().parents[1])
@@ -48,3 +65,104 @@ def save_figure(fig: Any, png: Path) -> None:
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=120)
     plt.close(fig)
+
+
+@dataclass(frozen=True)
+class Question:
+    """A seeded task question: its samples use seeds `seed`, `seed + 1`, … (64 apart)."""
+
+    index: int
+    prompt: str
+    gold: str
+    seed: int
+
+
+def load_questions(task: str, count: int, seed: int, suffix: str,
+                   options: Mapping[str, Mapping[str, Any]]) -> list[Question]:
+    """`count` reasoning-gym questions of `task` (procedural, seeded: no download), each
+    followed by `suffix`; `options` holds the dataset arguments per task."""
+    import reasoning_gym
+
+    dataset = reasoning_gym.create_dataset(task, size=count, seed=seed, **options.get(task, {}))
+    return [Question(i, entry["question"] + suffix, str(entry["answer"]), seed * 100_000 + i * 64)
+            for i, entry in enumerate(dataset)]
+
+
+def served_model(folder: Path | None) -> Path:
+    """The model folder to serve: the one given, else the embedded model (converted once)."""
+    if folder is not None:
+        return folder
+    from server.embedded_model import ensure_embedded_model
+    from server.settings import Settings
+
+    return ensure_embedded_model(Settings().cache_dir)
+
+
+async def run_questions(base_url: str, questions: Sequence[Question],
+                        ask: Callable[[Any, Question], Awaitable[T]], concurrency: int,
+                        label: str) -> list[T]:
+    """`ask(client, question)` for every question, `concurrency` at a time, with a progress
+    bar; results in question order."""
+    import httpx
+    from tqdm import tqdm
+
+    gate = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=base_url, timeout=1800) as client:
+        with tqdm(total=len(questions), desc=label, unit="q") as bar:
+            async def one(question: Question) -> T:
+                async with gate:
+                    result = await ask(client, question)
+                bar.update()
+                return result
+
+            return list(await asyncio.gather(*(one(q) for q in questions)))
+
+
+def scatter_plot(rows: Sequence[Mapping[str, Any]], x: str, y: str, title: str, xlabel: str,
+                 ylabel: str, png: Path, y_scale: float = 1.0) -> None:
+    """One marker per row (`row["config"]` in the legend) at (row[x], row[y] × y_scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    markers = "osD^v<>Px*"
+    for n, row in enumerate(rows):
+        ax.scatter(row[x], row[y] * y_scale, s=50, marker=markers[n % len(markers)],
+                   label=row["config"])
+    ax.legend(fontsize=8, loc="best")
+    ax.margins(x=0.15, y=0.2)
+    ax.set_title(title, fontsize=10)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    save_figure(fig, png)
+
+
+def task_parser(description: str, *, questions: int, max_tokens: int,
+                png: Path) -> argparse.ArgumentParser:
+    """The options every task benchmark takes: task, questions, seed, concurrency, token
+    limit, a model folder (default: the embedded model) and where the plot goes."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--task", default="chain_sum")
+    parser.add_argument("--questions", type=int, default=questions)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=max_tokens)
+    parser.add_argument("--model", type=Path, default=None,
+                        help="a Hugging Face model folder (default: the embedded SmolLM2)")
+    parser.add_argument("--out-png", type=Path, default=png)
+    return parser
+
+
+def spawn_refinery(model: Path, served: str, engine_flags: Sequence[str], name: str) -> Any:
+    """`refinery serve MODEL` on a free port, logging to a fresh temporary folder; use it with
+    `tests.servers.running`."""
+    import tempfile
+
+    from tests.servers import REFINERY_READY, free_port, refinery_command, spawn
+
+    logs = Path(tempfile.mkdtemp(prefix=f"refinery-{name}-"))
+    port = free_port()
+    return spawn(refinery_command(port, str(model), "--served-model-name", served,
+                                  *engine_flags), logs / "refinery.log", port=port,
+                 ready_paths=REFINERY_READY)

@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import functools
 import os
 import platform
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,11 +31,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from tqdm import tqdm
 
-from harness import save_figure, split_engine_flags
+from harness import (
+    Question,
+    load_questions,
+    run_questions,
+    scatter_plot,
+    served_model,
+    spawn_refinery,
+    split_engine_flags,
+    task_parser,
+)
 from strategies.answers import answers_equivalent, extract_answer, parse_answer_format
-from tests.servers import REFINERY_READY, free_port, refinery_command, running, spawn
+from tests.servers import running
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCK = 128  # vLLM-CPU's default KV block size
@@ -57,14 +65,6 @@ CONFIGS: dict[str, dict[str, Any] | None] = {
 
 
 @dataclass(frozen=True)
-class Question:
-    index: int
-    prompt: str
-    gold: str
-    seed: int
-
-
-@dataclass(frozen=True)
 class Answer:
     correct: bool
     completion_tokens: int
@@ -72,15 +72,6 @@ class Answer:
     latency_s: float
     route: str | None = None
     iterations: int | None = None
-
-
-def load_questions(task: str, count: int, seed: int) -> list[Question]:
-    import reasoning_gym
-
-    dataset = reasoning_gym.create_dataset(task, size=count, seed=seed,
-                                           **TASK_OPTIONS.get(task, {}))
-    return [Question(i, entry["question"] + SUFFIX, str(entry["answer"]), seed * 100_000 + i * 64)
-            for i, entry in enumerate(dataset)]
 
 
 def correct(text_answer: str | None, gold: str) -> bool:
@@ -149,73 +140,27 @@ def prefix_counters(base_url: str) -> tuple[float, float]:
     return totals["vllm:prefix_cache_hits_total"], totals["vllm:prefix_cache_queries_total"]
 
 
-async def run_config(base_url: str, questions: list[Question], spec: dict[str, Any] | None,
-                     max_tokens: int, concurrency: int, label: str) -> list[Answer]:
-    gate = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=base_url, timeout=1800) as client:
-        with tqdm(total=len(questions), desc=label, unit="q") as bar:
-            async def one(q: Question) -> Answer:
-                async with gate:
-                    answer = await ask(client, q, spec, max_tokens)
-                bar.update()
-                return answer
-
-            return list(await asyncio.gather(*(one(q) for q in questions)))
-
-
 def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     own, engine_flags = split_engine_flags(argv)
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", default="chain_sum")
-    parser.add_argument("--questions", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--model", type=Path, default=None,
-                        help="a Hugging Face model folder (default: the embedded SmolLM2)")
-    parser.add_argument("--out-png", type=Path, default=REPO / "docs" / "refinement.png")
+    parser = task_parser(__doc__.split("\n\n")[0], questions=100, max_tokens=64,
+                         png=REPO / "docs" / "refinement.png")
     return parser.parse_args(own), engine_flags
-
-
-def _plot(rows: list[dict[str, Any]], title: str, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for n, row in enumerate(rows):
-        ax.scatter(row["tokens"], row["accuracy"] * 100, s=40)
-        ax.annotate(row["config"], (row["tokens"], row["accuracy"] * 100),
-                    textcoords="offset points", xytext=(6, 8 if n % 2 else -14), fontsize=9)
-    ax.margins(x=0.2, y=0.25)
-    ax.set_title(title, fontsize=10)
-    ax.set(xlabel="completion tokens per question (all sub-requests)", ylabel="accuracy %")
-    save_figure(fig, png)
 
 
 def main(argv: Sequence[str]) -> int:
     args, engine_flags = _parse(argv)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    if args.model is None:
-        from server.embedded_model import ensure_embedded_model
-        from server.settings import Settings
-
-        model = ensure_embedded_model(Settings().cache_dir)
-    else:
-        model = args.model
-    questions = load_questions(args.task, args.questions, args.seed)
-    logs = Path(tempfile.mkdtemp(prefix="refinery-refinement-"))
-    port = free_port()
-    server = spawn(refinery_command(port, str(model), "--served-model-name", SERVED,
-                                    *engine_flags), logs / "refinery.log", port=port,
-                   ready_paths=REFINERY_READY)
+    model = served_model(args.model)
+    questions = load_questions(args.task, args.questions, args.seed, SUFFIX, TASK_OPTIONS)
+    server = spawn_refinery(model, SERVED, engine_flags, "refinement")
     rows = []
     with running(server):
         for name, spec in CONFIGS.items():
             hits0, queries0 = prefix_counters(server.base_url)
-            answers = asyncio.run(run_config(server.base_url, questions, spec, args.max_tokens,
-                                             args.concurrency, name))
+            answers = asyncio.run(run_questions(
+                server.base_url, questions,
+                functools.partial(ask, spec=spec, max_tokens=args.max_tokens),
+                args.concurrency, name))
             hits1, queries1 = prefix_counters(server.base_url)
             row: dict[str, Any] = {
                 "config": name,
@@ -242,7 +187,9 @@ def main(argv: Sequence[str]) -> int:
             rows.append(row)
         reuse = refinement_step_reuse(server.base_url, model)
     title = f"Refinement vs sampling\nreasoning-gym {args.task}, {model.name}"
-    _plot(rows, title, args.out_png)
+    scatter_plot(rows, "tokens", "accuracy", title,
+                 "completion tokens per question (all sub-requests)", "accuracy %",
+                 args.out_png, y_scale=100)
 
     def fmt(value: float | None, pattern: str) -> str:
         return "–" if value is None else pattern.format(value)

@@ -3,10 +3,8 @@ the engine, and DSC sharing a group's statistics across requests, through the `o
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -14,7 +12,8 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.e2e.prometheus import metric_value, wait_for_metric
+from tests.e2e.disconnects import assert_a_disconnect_aborts_every_sub_request
+from tests.e2e.prometheus import metric_value
 from tests.servers import ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -151,16 +150,4 @@ LONG_DEEPCONF = {"model": "smollm2", "messages": [{"role": "user", "content": "C
 
 
 def test_a_disconnect_during_deepconf_aborts_every_trace(server: ServerProcess) -> None:
-    base = server.base_url
-    assert wait_for_metric(base, "refinery_subrequests_running", 0, timeout=10) == 0
-
-    def doomed() -> None:
-        with contextlib.suppress(httpx.ReadTimeout):
-            httpx.post(f"{base}/v1/chat/completions", json=LONG_DEEPCONF, timeout=4)
-
-    worker = threading.Thread(target=doomed)
-    worker.start()
-    assert wait_for_metric(base, "refinery_subrequests_running", 6, timeout=10) == 6
-    worker.join()
-    assert wait_for_metric(base, "refinery_subrequests_running", 0, timeout=5) == 0
-    assert wait_for_metric(base, "vllm:num_requests_running", 0, timeout=5) == 0
+    assert_a_disconnect_aborts_every_sub_request(server.base_url, LONG_DEEPCONF, 6)

@@ -4,9 +4,7 @@ streaming, presets and aliases, disconnects, the shared prefix of a refinement s
 
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
 import uuid
 from pathlib import Path
 
@@ -15,7 +13,8 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.e2e.prometheus import metric_value, wait_for_metric
+from tests.e2e.disconnects import assert_a_disconnect_aborts_every_sub_request
+from tests.e2e.prometheus import metric_value
 from tests.servers import ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -165,16 +164,4 @@ LONG_REFINE = {"model": "smollm2", "messages": [{"role": "user", "content": "Cou
 
 
 def test_a_disconnect_mid_refinement_aborts_every_sub_request(server: ServerProcess) -> None:
-    base = server.base_url
-    assert wait_for_metric(base, "refinery_subrequests_running", 0, timeout=10) == 0
-
-    def doomed() -> None:
-        with contextlib.suppress(httpx.ReadTimeout):
-            httpx.post(f"{base}/v1/chat/completions", json=LONG_REFINE, timeout=4)
-
-    worker = threading.Thread(target=doomed)
-    worker.start()
-    assert wait_for_metric(base, "refinery_subrequests_running", 4, timeout=10) == 4
-    worker.join()
-    assert wait_for_metric(base, "refinery_subrequests_running", 0, timeout=5) == 0
-    assert wait_for_metric(base, "vllm:num_requests_running", 0, timeout=5) == 0
+    assert_a_disconnect_aborts_every_sub_request(server.base_url, LONG_REFINE, 4)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import threading
 
 import httpx
 import openai
 import pytest
 from openai import OpenAI
 
+from tests.e2e.disconnects import assert_a_disconnect_aborts_every_sub_request
 from tests.e2e.prometheus import metric_value, wait_for_metric
 from tests.servers import ServerProcess
 
@@ -251,20 +250,7 @@ LONG_STRATEGY = {"model": "smollm2", "messages": [{"role": "user", "content": "C
 
 
 def test_disconnect_aborts_every_sub_request(server: ServerProcess) -> None:
-    base = server.base_url
-    assert wait_for_metric(base, "refinery_subrequests_running", 0, timeout=10) == 0
-
-    def doomed() -> None:
-        # The client gives up (and closes the connection) long before 8 × 3000 tokens.
-        with contextlib.suppress(httpx.ReadTimeout):
-            httpx.post(f"{base}/v1/chat/completions", json=LONG_STRATEGY, timeout=4)
-
-    worker = threading.Thread(target=doomed)
-    worker.start()
-    assert wait_for_metric(base, "refinery_subrequests_running", 8, timeout=10) == 8
-    worker.join()
-    assert wait_for_metric(base, "refinery_subrequests_running", 0, timeout=5) == 0
-    assert wait_for_metric(base, "vllm:num_requests_running", 0, timeout=5) == 0
+    assert_a_disconnect_aborts_every_sub_request(server.base_url, LONG_STRATEGY, 8)
 
 
 def test_streaming_disconnect_aborts_every_sub_request(server: ServerProcess) -> None:
