@@ -223,8 +223,8 @@ def main(argv: Sequence[str]) -> int:
 A refinement step's prefix reuse (`self_refine`, one critique and one rewrite, on a
 {reuse['question']}-token question no earlier request saw): {reuse['hits']:.0f} of the
 {reuse['queries']:.0f} prompt tokens of its {reuse['sub_requests']} sub-requests came from the
-prefix cache; the question's full {BLOCK}-token blocks account for {reuse['block_reusable']} of
-them (critique and rewrite), the rest is the draft's.
+prefix cache; the question's full {BLOCK}-token blocks, read by the critique and by the
+rewrite, account for {reuse['block_reusable']} of them.
 
 ![refinement]({os.path.relpath(args.out_png, REPO / 'docs')})
 """)
