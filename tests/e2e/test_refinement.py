@@ -132,6 +132,25 @@ def test_streaming_shows_progress_per_step_then_the_answer(server: ServerProcess
     assert events[-1]["usage"]["completion_tokens"] > 0
 
 
+def test_adaptive_refine_streams_its_route_then_the_answer(server: ServerProcess) -> None:
+    # easy_agreement 1.0: unless all 4 samples agree the question is hard and gets refined.
+    body = {"model": "smollm2", "messages": QUESTION, **SAMPLING, "stream": True,
+            "strategy": {"name": "adaptive_refine", "k": 4, "easy_agreement": 1.0,
+                         "max_iterations": 1, "critic_max_tokens": 48}}
+    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body,
+                      timeout=120) as response:
+        lines = [line for line in response.iter_lines() if line]
+    events = [json.loads(line[6:]) for line in lines
+              if line.startswith("data: ") and line != "data: [DONE]"]
+    final = [e for e in events if e["choices"] and e["choices"][0]["finish_reason"]][0]
+    info = final["strategy"]
+    assert info["name"] == "adaptive_refine" and lines[-1] == "data: [DONE]"
+    notes = [line for line in lines if line.startswith(": refinery: route=hard")]
+    assert len(notes) == (1 if info["route"] == "hard" else 0)
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
+    assert text
+
+
 def test_a_refinement_step_reuses_the_kv_blocks_of_the_question(
     server: ServerProcess, client: OpenAI, embedded_model_dir: Path
 ) -> None:
