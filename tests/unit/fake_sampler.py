@@ -26,13 +26,22 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from strategies.base import WATCHER_STOP, CertaintyMethod, Message, Sample, TokenWatcher
 
-__all__ = ["FakeSampler", "ScriptKey", "Scripted", "SubmitCall", "answers", "word_pieces"]
+__all__ = [
+    "FakeSampler",
+    "ScriptKey",
+    "Scripted",
+    "SubmitCall",
+    "answers",
+    "draw",
+    "run_async",
+    "word_pieces",
+]
 
 Messages = tuple[Message, ...]
 # How a script is keyed: the exact extra messages, the content of the last one, or a predicate.
@@ -305,3 +314,16 @@ class FakeSampler:
 def answers(*values: str, **kwargs: Any) -> list[Scripted]:
     """Completions ending in 'The answer is X.' for each X."""
     return [Scripted(f"Let me think. The answer is {v}.", **kwargs) for v in values]
+
+
+T = TypeVar("T")
+
+
+def run_async(body: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a test body on an event loop: submit starts tasks, so it needs one."""
+    return asyncio.run(body())
+
+
+async def draw(sampler: FakeSampler, count: int = 1, **submit: Any) -> list[Sample]:
+    """Submit and await every sample, in index order."""
+    return list(await asyncio.gather(*sampler.submit(count, **submit)))

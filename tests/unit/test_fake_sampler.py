@@ -1,34 +1,27 @@
-"""The scripted fake sampler itself: strategy tests are only as good as the double they run on,
-so it must script by prompt, record what was asked, stream to watchers and abort as the real
-sampler does."""
+"""The scripted fake sampler itself, part 1: strategy tests are only as good as the double they
+run on, so it must script by prompt and record what was asked as the real sampler is asked
+(part 2, test_fake_sampler_streams.py: token streams for watchers, aborts, errors)."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from strategies.base import Message, Sample
-from tests.unit.fake_sampler import FakeSampler, Scripted, SubmitCall, answers, word_pieces
-
-T = TypeVar("T")
+from tests.unit.fake_sampler import (
+    FakeSampler,
+    Scripted,
+    SubmitCall,
+    answers,
+    draw,
+    run_async,
+    word_pieces,
+)
 
 CRITIQUE = (Message("assistant", "The answer is 4."), Message("user", "Critique your answer."))
 REFINE = (Message("assistant", "The answer is 4."), Message("user", "Improve your answer."))
-
-
-def run(body: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run a test body on an event loop: submit starts tasks, so it needs one."""
-    return asyncio.run(body())
-
-
-async def draw(sampler: FakeSampler, count: int = 1, **submit: Any) -> list[Sample]:
-    """Submit and await every sample, in index order."""
-    return list(await asyncio.gather(*sampler.submit(count, **submit)))
 
 
 def texts(samples: Sequence[Sample]) -> list[str]:
@@ -44,7 +37,7 @@ def test_the_default_script_answers_the_requests_own_conversation_in_order() -> 
     async def body() -> tuple[list[Sample], list[Sample]]:
         return await draw(sampler, 2), await draw(sampler, 1)
 
-    first, second = run(body)
+    first, second = run_async(body)
     assert texts(first) == ["a", "b"] and texts(second) == ["c"]
 
 
@@ -63,7 +56,7 @@ def test_a_continuation_is_answered_from_its_own_script_in_order() -> None:
             *await draw(sampler, messages=CRITIQUE),
         ])
 
-    assert run(body) == ["critique 1", "draft", "refined", "critique 2"]
+    assert run_async(body) == ["critique 1", "draft", "refined", "critique 2"]
 
 
 def test_a_string_key_matches_the_content_of_the_last_extra_message() -> None:
@@ -72,7 +65,7 @@ def test_a_string_key_matches_the_content_of_the_last_extra_message() -> None:
     async def body() -> list[Sample]:
         return await draw(sampler, messages=CRITIQUE)
 
-    assert texts(run(body)) == ["critique"]
+    assert texts(run_async(body)) == ["critique"]
 
 
 def test_a_predicate_key_matches_the_continuations_it_accepts() -> None:
@@ -85,7 +78,7 @@ def test_a_predicate_key_matches_the_continuations_it_accepts() -> None:
         other = (Message("user", "Please Improve it."),)
         return [*await draw(sampler, messages=REFINE), *await draw(sampler, messages=other)]
 
-    assert texts(run(body)) == ["r1", "r2"]  # one script, consumed in order by both
+    assert texts(run_async(body)) == ["r1", "r2"]  # one script, consumed in order by both
 
 
 def test_an_exact_continuation_wins_over_its_last_content_and_predicates() -> None:
@@ -101,7 +94,7 @@ def test_an_exact_continuation_wins_over_its_last_content_and_predicates() -> No
                 *await draw(sampler, messages=elsewhere),
                 *await draw(sampler, messages=REFINE)]
 
-    assert texts(run(body)) == ["exact", "last content", "predicate"]
+    assert texts(run_async(body)) == ["exact", "last content", "predicate"]
 
 
 def test_two_matching_predicates_fail_the_submit() -> None:
@@ -112,7 +105,7 @@ def test_two_matching_predicates_fail_the_submit() -> None:
         sampler.submit(1, messages=CRITIQUE)
 
     with pytest.raises(AssertionError, match="2 predicates match"):
-        run(body)
+        run_async(body)
 
 
 def test_an_unscripted_prompt_fails_the_submit_naming_the_prompt() -> None:
@@ -122,7 +115,7 @@ def test_an_unscripted_prompt_fails_the_submit_naming_the_prompt() -> None:
         sampler.submit(1, messages=CRITIQUE)
 
     with pytest.raises(AssertionError) as raised:
-        run(body)
+        run_async(body)
     message = str(raised.value)
     assert "'Critique your answer.'" in message and "0 samples were scripted" in message
     assert sampler.calls == [] and sampler.outstanding == []
@@ -142,7 +135,7 @@ def test_asking_past_the_end_of_a_script_fails_saying_how_many_were_scripted(
         sampler.submit(2, messages=messages)
 
     with pytest.raises(AssertionError) as raised:
-        run(body)
+        run_async(body)
     message = str(raised.value)
     assert named in message
     assert "asked for 2 more sample(s)" in message and "after 1" in message
@@ -171,7 +164,7 @@ def test_every_submit_is_recorded_with_what_it_passed() -> None:
         await draw(sampler, 2, messages=CRITIQUE, max_tokens=256, temperature=0.7,
                    json_schema=schema, priority=1, watch=watch)
 
-    run(body)
+    run_async(body)
     assert sampler.calls == [
         SubmitCall(indices=(0, 1), messages=(), max_tokens=None, temperature=None,
                    json_schema=None, priority=0, watch=None),
@@ -190,7 +183,7 @@ def test_submitted_lists_each_sample_with_its_priority() -> None:
         await draw(sampler, 1)
         await draw(sampler, 2, priority=1)
 
-    run(body)
+    run_async(body)
     assert sampler.submitted == [(0, 0), (1, 1), (2, 1)]
 
 
@@ -201,7 +194,7 @@ def test_indices_are_global_over_every_submit_and_conversation() -> None:
         return [*await draw(sampler, 2), *await draw(sampler, 1, messages=CRITIQUE),
                 *await draw(sampler, 1), *await draw(sampler, 1, messages=CRITIQUE)]
 
-    samples = run(body)
+    samples = run_async(body)
     assert [s.index for s in samples] == [0, 1, 2, 3, 4]
     assert texts(samples) == texts(answers("1", "2", "4", "3", "5"))
     assert sorted(sampler.finished) == [0, 1, 2, 3, 4]
@@ -216,7 +209,7 @@ def test_without_a_watcher_a_sample_comes_back_whole() -> None:
     async def body() -> list[Sample]:
         return await draw(FakeSampler([step]))
 
-    (sample,) = run(body)
+    (sample,) = run_async(body)
     assert sample.text == "The answer is 4." and sample.token_ids == (0, 1, 2, 3)
     assert sample.token_certainty == (1.0, 2.0, 3.0, 6.0)
     assert sample.certainty == 3.0 and sample.lowest_group_certainty == 3.0
@@ -231,7 +224,7 @@ def test_a_sample_without_token_certainty_keeps_its_scripted_values() -> None:
     async def body() -> list[Sample]:
         return await draw(FakeSampler([step]))
 
-    (sample,) = run(body)
+    (sample,) = run_async(body)
     assert sample.certainty == 2.5 and sample.num_tokens == 10 and sample.mean_logprob == -0.5
     assert sample.finish_reason == "length" and sample.token_certainty == ()
     assert sample.entropy == 0.3 and sample.lowest_group_certainty == 1.5
@@ -254,150 +247,3 @@ def test_inconsistent_steps_are_refused_when_scripted(
 ) -> None:
     with pytest.raises(ValueError, match=complaint):
         Scripted("two words", **fields)
-
-
-# Watchers
-
-
-def stop_after(tokens: int, seen: list[tuple[float, ...]]) -> Callable[[Sequence[float]], bool]:
-    """A watcher that records what it is shown and stops at the given token."""
-
-    def watch(values: Sequence[float]) -> bool:
-        seen.append(tuple(values))
-        return len(values) >= tokens
-
-    return watch
-
-
-def test_the_watcher_sees_the_certainties_so_far_after_each_token() -> None:
-    seen: list[tuple[float, ...]] = []
-    step = Scripted("a b c", token_certainty=(0.5, 0.25, 1.0))
-
-    async def body() -> list[Sample]:
-        return await draw(FakeSampler([step]), watch=stop_after(99, seen))
-
-    (sample,) = run(body)
-    assert seen == [(0.5,), (0.5, 0.25), (0.5, 0.25, 1.0)]
-    assert sample == step.sample(0)  # a watcher that never stops leaves the sample whole
-
-
-def test_a_watcher_that_says_stop_cuts_the_sample_at_that_token() -> None:
-    seen: list[tuple[float, ...]] = []
-    step = Scripted("Let me think. The answer is 4.", logprob=-6.0,
-                    token_certainty=(4.0, 2.0, 0.5, 9.0, 9.0, 9.0, 9.0))
-    sampler = FakeSampler([step])
-
-    async def body() -> list[Sample]:
-        return await draw(sampler, watch=stop_after(3, seen))
-
-    (sample,) = run(body)
-    assert seen == [(4.0,), (4.0, 2.0), (4.0, 2.0, 0.5)]  # not called after it said stop
-    assert sample.stopped_by_watcher and sample.finish_reason == "terminated"
-    assert sample.text == "Let me think. " and sample.token_ids == (0, 1, 2)
-    assert sample.token_certainty == (4.0, 2.0, 0.5)
-    assert sample.certainty == pytest.approx(6.5 / 3)
-    assert sample.lowest_group_certainty == pytest.approx(6.5 / 3)
-    assert sample.mean_logprob == pytest.approx(-6.0 / 7)  # the mean per token scripted
-    assert sampler.stopped == [0] and sampler.finished == [0] and sampler.aborted == []
-
-
-@given(st.lists(st.floats(0.0, 20.0), min_size=1, max_size=12), st.data())
-def test_a_cut_sample_is_exactly_what_its_watcher_saw(
-    values: list[float], data: st.DataObject
-) -> None:
-    stop_at = data.draw(st.integers(1, len(values)))
-    words = tuple(f"w{i} " for i in range(len(values)))
-    step = Scripted("".join(words), token_certainty=tuple(values))
-    last_seen: list[tuple[float, ...]] = []
-
-    async def body() -> list[Sample]:
-        return await draw(FakeSampler([step]), watch=stop_after(stop_at, last_seen))
-
-    (sample,) = run(body)
-    assert sample.token_certainty == last_seen[-1] == tuple(values[:stop_at])
-    assert sample.text == "".join(words[:stop_at]) and sample.num_tokens == stop_at
-    assert sample.certainty == pytest.approx(sum(values[:stop_at]) / stop_at)
-
-
-def test_explicit_pieces_say_where_the_text_is_cut() -> None:
-    step = Scripted("x = 42", pieces=("x", " =", " 4", "2"), token_certainty=(1.0,) * 4)
-
-    async def body() -> list[Sample]:
-        return await draw(FakeSampler([step]), watch=stop_after(3, []))
-
-    (sample,) = run(body)
-    assert sample.text == "x = 4"
-
-
-def test_each_sample_of_a_watched_submit_is_watched_on_its_own() -> None:
-    lengths: list[int] = []
-
-    def stop_when_unsure(values: Sequence[float]) -> bool:
-        lengths.append(len(values))
-        return values[-1] < 1.0
-
-    script = [Scripted("a b c", token_certainty=(2.0, 0.5, 2.0)),
-              Scripted("d e", token_certainty=(2.0, 2.0))]
-
-    async def body() -> list[Sample]:
-        return await draw(FakeSampler(script), 2, watch=stop_when_unsure)
-
-    cut, whole = run(body)
-    assert (cut.text, cut.stopped_by_watcher) == ("a b ", True)
-    assert (whole.text, whole.stopped_by_watcher) == ("d e", False)
-    assert sorted(lengths) == [1, 1, 2, 2]
-
-
-def test_a_watcher_for_a_sample_without_token_certainty_fails_the_submit() -> None:
-    sampler = FakeSampler([Scripted("The answer is 4.", 2.0)])
-
-    async def body() -> None:
-        sampler.submit(1, watch=lambda values: False)
-
-    with pytest.raises(AssertionError, match="no token_certainty"):
-        run(body)
-    assert sampler.calls == []
-
-
-# Aborts and failures
-
-
-def test_abort_outstanding_cancels_hanging_samples_and_records_them() -> None:
-    sampler = FakeSampler([*answers("1"), *answers("2", "3", hangs=True)])
-
-    async def body() -> Sample:
-        first, *_ = sampler.submit(3)
-        sample = await first
-        assert sampler.outstanding == [1, 2]
-        await sampler.abort_outstanding()
-        return sample
-
-    assert run(body).index == 0
-    assert sampler.outstanding == [] and sorted(sampler.aborted) == [1, 2]
-    assert sampler.finished == [0]
-
-
-def test_an_abort_between_tokens_ends_the_stream_there() -> None:
-    seen: list[tuple[float, ...]] = []
-    step = Scripted("a b c d", token_certainty=(1.0,) * 4, token_delay=0.02)
-    sampler = FakeSampler([step])
-
-    async def body() -> None:
-        sampler.submit(1, watch=stop_after(99, seen))
-        await asyncio.sleep(0.05)
-        await sampler.abort_outstanding()
-
-    run(body)
-    assert sampler.aborted == [0] and sampler.finished == []
-    assert 1 <= len(seen) < 4
-
-
-def test_a_scripted_error_is_raised_by_its_sample() -> None:
-    sampler = FakeSampler([Scripted("", delay=0.01, raises=RuntimeError("engine error"))])
-
-    async def body() -> list[Sample]:
-        return await draw(sampler)
-
-    with pytest.raises(RuntimeError, match="engine error"):
-        run(body)
-    assert sampler.finished == [] and sampler.aborted == []
