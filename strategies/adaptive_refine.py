@@ -108,7 +108,7 @@ async def run_adaptive_refine(sampler: Sampler, options: AdaptiveRefineOptions) 
     final = weighted_vote(pool, pool_groups, weights)
     order = sorted(range(len(pool)), key=lambda i: pool[i].index)
     details.update(route="hard", refinements=[
-        {"from_answer": extract_answer(start.text, spec), "from_index": start.index,
+        {"from_answer": outcome.steps[0].answer, "from_index": start.index,
          "weight": round(refined_weight(outcome.best.draft, originals), 4)
          if outcome.chosen > 0 else None,
          **outcome.report(options.return_candidates)}

@@ -49,7 +49,7 @@ from pydantic import Field
 
 from strategies.answers import AnswerGroups, extract_answer, parse_answer_format
 from strategies.base import Result, Sample, Sampler, Strategy, StrategyOptions, register
-from strategies.stop_rules import probability_leader_is_best
+from strategies.stop_rules import AdaptiveConsistency, probability_leader_is_best
 from strategies.voting import majority_vote
 
 __all__ = [
@@ -221,7 +221,8 @@ def allocation(preallocation: int, factor: float, *, step: int, max_samples: int
 
 
 def _leader_probability(counts: Counter[int]) -> float:
-    """ASC's P(leader best) from the top-two answer counts (0.5 with no answer)."""
+    """ASC's P(leader best) from the top-two answer counts (0.5 with no answer), for the
+    progress notes; the decisions are `AdaptiveConsistency.settled`'s."""
     top = [n for _, n in counts.most_common(2)] + [0, 0]
     return probability_leader_is_best(top[0], top[1])
 
@@ -229,13 +230,8 @@ def _leader_probability(counts: Counter[int]) -> float:
 def asc_stop_point(groups: Sequence[int | None], confidence: float) -> int | None:
     """The fewest samples, in index order, after which ASC's criterion holds (None: never):
     where the request would have stopped had it been tested after every sample."""
-    counts: Counter[int] = Counter()
-    for n, group in enumerate(groups, start=1):
-        if group is not None:
-            counts[group] += 1
-        if _leader_probability(counts) >= confidence:
-            return n
-    return None
+    rule = AdaptiveConsistency(confidence)
+    return next((n for n in range(1, len(groups) + 1) if rule.settled(groups[:n])), None)
 
 
 def _mean_certainty(samples: Sequence[Sample]) -> float | None:
@@ -288,16 +284,16 @@ async def run_dsc(sampler: Sampler, options: DscOptions) -> Result:
             f"{'n/a' if prior.percentile is None else f'{prior.percentile:.2f}'}; "
             f"allocation {target} (pre-allocation {pre})")
         add(await asyncio.gather(*rest))
-        counts = Counter(g for g in groups if g is not None)
-        settled = _leader_probability(counts) >= options.confidence
+        rule = AdaptiveConsistency(options.confidence)
+        settled = rule.settled(groups)
         while not settled and len(samples) < most:
             count = min(step, most - len(samples))
             sampler.report_progress(
                 f"not settled at {len(samples)} (P(leader best) "
-                f"{_leader_probability(counts):.3f}): expanding by {count}")
+                f"{_leader_probability(Counter(g for g in groups if g is not None)):.3f}): "
+                f"expanding by {count}")
             add(await asyncio.gather(*sampler.submit(count)))
-            counts = Counter(g for g in groups if g is not None)
-            settled = _leader_probability(counts) >= options.confidence
+            settled = rule.settled(groups)
     finally:
         await sampler.abort_outstanding()  # e.g. the batch-mates of a sample that raised
 

@@ -167,7 +167,6 @@ class RefineOutcome:
     chosen: int  # index into steps of the iterate returned
     stopped_by: StoppedBy
     drafts: list[Sample] = field(default_factory=list)  # every draft drawn, beams included
-    critiques: int = 0
 
     @property
     def best(self) -> RefineStep:
@@ -198,8 +197,11 @@ def _parse_verdict(text: str) -> tuple[Verdict | None, str | None]:
     return reply["verdict"], feedback.strip() if isinstance(feedback, str) else None
 
 
-async def _best_of(sampler: Sampler, count: int, messages: tuple[Message, ...]) -> list[Sample]:
-    return list(await asyncio.gather(*sampler.submit(count, messages=messages)))
+async def _draw_step(sampler: Sampler, count: int,
+                     messages: tuple[Message, ...]) -> tuple[list[Sample], Sample]:
+    """One step's drafts, drawn in one batch, and the most certain of them (the one kept)."""
+    batch = list(await asyncio.gather(*sampler.submit(count, messages=messages)))
+    return batch, batch[argmax_sample(batch, lambda s: s.certainty)]
 
 
 def _select(steps: Sequence[RefineStep], select: str) -> int:
@@ -222,13 +224,11 @@ async def run_refine_loop(
     k = options.samples_per_step
     drafts: list[Sample] = []
     if first is None:
-        batch = await _best_of(sampler, k, ())
+        batch, first = await _draw_step(sampler, k, ())
         drafts.extend(batch)
-        first = batch[argmax_sample(batch, lambda s: s.certainty)]
     steps = [RefineStep(0, first, extract_answer(first.text, spec))]
     best_certainty = _certainty(first)
     stopped_by: StoppedBy = "max_iterations"
-    critiques = 0
     for iteration in range(1, options.max_iterations + 1):
         current = steps[-1]
         draft_turn = Message("assistant", current.draft.text)
@@ -238,7 +238,6 @@ async def run_refine_loop(
                 json_schema=VERDICT_SCHEMA, temperature=options.critic_temperature,
                 max_tokens=options.critic_max_tokens)
             current.verdict, current.feedback = _parse_verdict((await critic).text)
-            critiques += 1
             if current.verdict == "keep" and options.stop in ("verdict", "both"):
                 stopped_by = "verdict"
                 sampler.report_progress(f"{label}step {iteration} verdict=keep: stop")
@@ -247,9 +246,8 @@ async def run_refine_loop(
                            else REFINE_PROMPT_NO_FEEDBACK)
         else:
             instruction = IOE_PROMPT
-        batch = await _best_of(sampler, k, (draft_turn, Message("user", instruction)))
+        batch, new = await _draw_step(sampler, k, (draft_turn, Message("user", instruction)))
         drafts.extend(batch)
-        new = batch[argmax_sample(batch, lambda s: s.certainty)]
         steps.append(RefineStep(iteration, new, extract_answer(new.text, spec)))
         if options.mode == "ioe":
             # IoE's verdict is the writer's own: the same final answer means it kept it.
@@ -267,4 +265,4 @@ async def run_refine_loop(
             stopped_by = "certainty"
             break
         best_certainty = max(best_certainty, _certainty(new))
-    return RefineOutcome(steps, _select(steps, options.select), stopped_by, drafts, critiques)
+    return RefineOutcome(steps, _select(steps, options.select), stopped_by, drafts)

@@ -4,7 +4,7 @@
 Refinery's own errors (`server.exceptions`), for FastAPI's, for vLLM's (raised or returned as an
 `ErrorResponse`, classified by vLLM's own `create_error_response`, as `vllm serve` does), and
 for the unexpected (500). The JSON handlers, the request-context middleware's last-resort
-answer, and the SSE error event of a streamed strategy all use it. A 5xx is logged once, with
+answer, and the SSE error event of a streamed strategy all use it. A 500 is logged once, with
 its traceback and request id.
 """
 

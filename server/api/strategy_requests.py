@@ -5,7 +5,6 @@ record metrics, and answer as JSON or as an SSE stream."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator
@@ -34,8 +33,6 @@ from server.metrics import (
 from strategies.base import CertaintyMethod
 
 __all__ = ["SamplerFactory", "run_strategy_request"]
-
-logger = logging.getLogger(__name__)
 
 # Below this a temperature is greedy sampling in vLLM: every sample would be the same.
 _GREEDY_TEMPERATURE = 1e-5

@@ -135,11 +135,12 @@ class VllmEngine:
         prompt = await render(())
         params = request_sampling_params(serving, request, prompt)
         self.async_llm.check_admission(slots)
+        model = serving.models.model_name()
         sampler = VllmSampler(self.async_llm, render, prompt, params, request_id,
-                              family=request_family(serving.models.model_name(), request),
+                              family=request_family(model, request),
                               certainty_source=certainty_source)
         return OpenedSampler(sampler, sampler.usage, "chat" if is_chat else "completion",
-                             serving.models.model_name(), params.temperature, sampler.progress)
+                             model, params.temperature, sampler.progress)
 
     @property
     def alive(self) -> bool:
