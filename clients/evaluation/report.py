@@ -1,0 +1,97 @@
+"""What `refinery eval` leaves behind: a table on stdout, `results.json` (settings, summaries,
+every question's outcome), `results.md` (the table with the command that made it) and
+`accuracy_vs_tokens.png` (one point per strategy with its 95% interval)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from clients.evaluation.runner import StrategyRun
+from clients.evaluation.summary import StrategySummary
+
+__all__ = ["markdown_table", "plot_accuracy_vs_tokens", "text_table", "write_report"]
+
+_COLUMNS = ("strategy", "accuracy", "95% CI", "tokens/q", "sub-req/q", "p50 s", "p95 s", "q/s",
+            "errors")
+
+
+def _cells(row: StrategySummary) -> list[str]:
+    return [row.strategy, f"{row.accuracy:.3f}", f"{row.ci_low:.2f}–{row.ci_high:.2f}",
+            f"{row.completion_tokens_per_question:.0f}", f"{row.sub_requests_per_question:.1f}",
+            f"{row.latency_p50_s:.2f}", f"{row.latency_p95_s:.2f}",
+            f"{row.questions_per_s:.3f}", str(row.errors)]
+
+
+def text_table(rows: Sequence[StrategySummary]) -> str:
+    """Aligned columns for a terminal."""
+    grid = [list(_COLUMNS), *(_cells(r) for r in rows)]
+    widths = [max(len(line[i]) for line in grid) for i in range(len(_COLUMNS))]
+    return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                               for i, (cell, w) in enumerate(zip(line, widths, strict=True)))
+                     for line in grid)
+
+
+def markdown_table(rows: Sequence[StrategySummary]) -> str:
+    lines = ["| " + " | ".join(_COLUMNS) + " |",
+             "|" + "|".join(["---"] + ["---:"] * (len(_COLUMNS) - 1)) + "|"]
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def plot_accuracy_vs_tokens(rows: Sequence[StrategySummary], title: str, png: Path) -> None:
+    """Accuracy against generated tokens per question, with the bootstrap interval as error
+    bars: the further up and left, the better."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    markers = "osD^v<>Px*"
+    for n, row in enumerate(rows):
+        low = 0.0 if math.isnan(row.ci_low) else row.accuracy - row.ci_low
+        high = 0.0 if math.isnan(row.ci_high) else row.ci_high - row.accuracy
+        ax.errorbar(row.completion_tokens_per_question, row.accuracy, yerr=[[low], [high]],
+                    fmt=markers[n % len(markers)], capsize=4, markersize=7, label=row.strategy)
+    ax.set_xlabel("generated tokens per question")
+    ax.set_ylabel("accuracy (95% bootstrap interval)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.margins(x=0.15)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
+def write_report(out_dir: Path, settings: Mapping[str, Any], runs: Sequence[StrategyRun],
+                 summaries: Sequence[StrategySummary], *, plot: bool = True) -> list[Path]:
+    """Write results.json, results.md and (with `plot`) accuracy_vs_tokens.png; returns their
+    paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = {
+        "settings": dict(settings),
+        "summaries": [s.as_dict() for s in summaries],
+        "runs": [{"strategy": run.choice.label, "spec": run.choice.spec, "wall_s": run.wall_s,
+                  "outcomes": [asdict(o) for o in run.outcomes]} for run in runs],
+    }
+    json_path = out_dir / "results.json"
+    json_path.write_text(json.dumps(data, indent=2, default=str))
+    facts = "\n".join(f"- {key}: `{value}`" for key, value in settings.items())
+    md_path = out_dir / "results.md"
+    md_path.write_text(f"# refinery eval: {settings.get('task', '')}\n\n{facts}\n\n"
+                       f"{markdown_table(summaries)}\n")
+    paths = [json_path, md_path]
+    if plot:
+        png = out_dir / "accuracy_vs_tokens.png"
+        title = f"{settings.get('task', '')} · {settings.get('model', '')}"
+        plot_accuracy_vs_tokens(summaries, title, png)
+        paths.append(png)
+    return paths

@@ -1,0 +1,200 @@
+"""Send every question under every strategy through a live server and judge the replies.
+
+Strategies are named on the command line as a comma list: `single` (a plain request), a preset
+name the server lists (`GET /v1/strategies`: sc8, asc, esc, bon8, borda8, …), or a JSON strategy
+object, optionally labelled: `sc16={"name":"self_consistency","max_samples":16}`. Presets are
+expanded to their objects so that the task's `answer_format` can be added: the strategies then
+vote on the same answers the task judges.
+
+Strategies run one after another (so each has its own wall time and questions/s); the
+questions of one strategy run `concurrency` at a time. Question i is sent with seed
+`seed * 100_000 + 64 * i` under every strategy (a strategy's samples take the next seeds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from clients.evaluation.summary import Outcome
+from clients.evaluation.tasks import Question, Task
+
+__all__ = ["EvalError", "StrategyChoice", "StrategyRun", "evaluate", "parse_strategies",
+           "resolve_strategies", "server_presets"]
+
+SINGLE = "single"
+# Statuses that mean the run is misconfigured (bad strategy, key, model): stop, don't count.
+_FATAL_STATUSES = (400, 401, 403, 404, 422)
+
+
+class EvalError(RuntimeError):
+    """The evaluation cannot run as asked (bad strategy, unknown model, refused request)."""
+
+
+@dataclass(frozen=True)
+class StrategyChoice:
+    """A strategy as sent: `spec` is None for a plain request, else the request's `strategy`."""
+
+    label: str
+    spec: Mapping[str, Any] | str | None
+
+
+@dataclass(frozen=True)
+class StrategyRun:
+    choice: StrategyChoice
+    outcomes: tuple[Outcome, ...]
+    wall_s: float
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split at commas outside JSON brackets and strings."""
+    items, depth, start, quoted, escaped = [], 0, 0, False, False
+    for i, char in enumerate(text):
+        if quoted:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                quoted = False
+            continue
+        if char == '"':
+            quoted = True
+        elif char in "{[":
+            depth += 1
+        elif char in "}]":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    items.append(text[start:])
+    return [item.strip() for item in items if item.strip()]
+
+
+def parse_strategies(text: str) -> list[StrategyChoice]:
+    """`single,sc8,lbl={"name":…}` → choices; a JSON object without a label is labelled by
+    its `name`. ValueError on malformed JSON or duplicate labels."""
+    choices = []
+    for item in _split_top_level(text):
+        label, sep, rest = item.partition("=")
+        body = rest.strip() if sep and not label.strip().startswith("{") else item
+        label = label.strip() if sep and not label.strip().startswith("{") else ""
+        if body.startswith(("{", "[")):
+            try:
+                spec = json.loads(body)
+            except ValueError as exc:
+                raise ValueError(f"strategy {item!r} is not valid JSON: {exc}") from exc
+            if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+                raise ValueError(f"strategy {item!r} needs a \"name\"")
+            choices.append(StrategyChoice(label or spec["name"], spec))
+        else:
+            choices.append(StrategyChoice(label or body, None if body == SINGLE else body))
+    labels = [c.label for c in choices]
+    if not choices or len(set(labels)) != len(labels):
+        raise ValueError(f"strategies must be a non-empty list of distinct labels: {labels}")
+    return choices
+
+
+def resolve_strategies(choices: Sequence[StrategyChoice], presets: Mapping[str, Mapping[str, Any]],
+                       answer_format: str) -> list[StrategyChoice]:
+    """Expand preset names into their objects and add `answer_format` where none is set."""
+    resolved = []
+    for choice in choices:
+        spec = choice.spec
+        if isinstance(spec, str):
+            if spec not in presets:
+                raise EvalError(f"unknown strategy {spec!r}: use single, a preset "
+                                f"({', '.join(sorted(presets))}) or a JSON object")
+            spec = presets[spec]
+        if spec is not None:
+            spec = {**spec, "answer_format": spec.get("answer_format", answer_format)}
+        resolved.append(StrategyChoice(choice.label, spec))
+    return resolved
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return response.text[:300]
+
+
+async def _ask(client: httpx.AsyncClient, task: Task, question: Question, body: dict[str, Any],
+               ) -> Outcome:
+    started = time.perf_counter()
+    try:
+        response = await client.post("/v1/chat/completions", json=body)
+    except httpx.HTTPError as exc:
+        return Outcome(question.id, False, None, 0, 0, 0, time.perf_counter() - started,
+                       f"{type(exc).__name__}: {exc}")
+    latency = time.perf_counter() - started
+    if response.status_code in _FATAL_STATUSES:
+        raise EvalError(f"the server refused the request ({response.status_code}): "
+                        f"{_error_message(response)}")
+    if response.status_code != 200:
+        return Outcome(question.id, False, None, 0, 0, 0, latency,
+                       f"HTTP {response.status_code}: {_error_message(response)}")
+    data = response.json()
+    usage = data.get("usage") or {}
+    strategy = data.get("strategy") or {}
+    sub_requests = (strategy.get("usage") or {}).get("sub_requests", 1) if strategy else 1
+    reply = data["choices"][0]["message"].get("content") or ""
+    judgement = await asyncio.to_thread(task.judge, question, reply)
+    return Outcome(question.id, judgement.correct, judgement.answer,
+                   int(usage.get("completion_tokens", 0)), int(usage.get("prompt_tokens", 0)),
+                   int(sub_requests), latency)
+
+
+async def evaluate(base_url: str, model: str, task: Task, questions: Sequence[Question],
+                   strategies: Sequence[StrategyChoice], *, concurrency: int, max_tokens: int,
+                   temperature: float, seed: int, api_key: str | None = None,
+                   progress: bool = True, timeout_s: float = 1800.0,
+                   transport: httpx.AsyncBaseTransport | None = None) -> list[StrategyRun]:
+    """Every question under every strategy; a tqdm bar counts (strategy, question) pairs.
+    `transport` replaces the network (tests pass an in-process one)."""
+    from tqdm import tqdm
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    runs = []
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout_s,
+                                 transport=transport) as client:
+        with tqdm(total=len(questions) * len(strategies), unit="q", disable=not progress,
+                  desc="refinery eval") as bar:
+            for choice in strategies:
+                bar.set_postfix_str(choice.label)
+                gate = asyncio.Semaphore(concurrency)
+
+                async def one(index: int, question: Question,
+                              choice: StrategyChoice = choice,
+                              gate: asyncio.Semaphore = gate) -> Outcome:
+                    body: dict[str, Any] = {
+                        "model": model, "messages": list(question.messages),
+                        "max_tokens": max_tokens, "temperature": temperature,
+                        "seed": seed * 100_000 + 64 * index}
+                    if choice.spec is not None:
+                        body["strategy"] = dict(choice.spec)
+                    async with gate:
+                        outcome = await _ask(client, task, question, body)
+                    bar.update()
+                    return outcome
+
+                started = time.perf_counter()
+                outcomes = await asyncio.gather(*(one(i, q) for i, q in enumerate(questions)))
+                runs.append(StrategyRun(choice, tuple(outcomes), time.perf_counter() - started))
+    return runs
+
+
+async def server_presets(base_url: str, api_key: str | None = None
+                         ) -> tuple[str, dict[str, dict[str, Any]]]:
+    """(the first served model, the server's presets) from /v1/models and /v1/strategies."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30) as client:
+        models = (await client.get("/v1/models")).raise_for_status().json()["data"]
+        listing = (await client.get("/v1/strategies")).raise_for_status().json()
+    return models[0]["id"], dict(listing.get("presets", {}))

@@ -1,0 +1,68 @@
+"""`refinery eval` end to end on the embedded model, and a model cache that cannot be written
+stopping `refinery serve` with the path named.
+
+The eval run is kept tiny (3 questions × 2 strategies, 24 tokens each) against the session
+server; it checks the plumbing (requests, usage, sub-requests, judging, files), not accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.servers import ServerProcess, free_port, refinery_command
+
+TASK = "reasoning_gym:chain_sum?min_terms=2&max_terms=2&min_digits=1&max_digits=1"
+
+
+def test_refinery_eval_reports_every_strategy_on_the_embedded_model(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    out = tmp_path / "eval"
+    result = subprocess.run(
+        [sys.executable, "-m", "server.cli", "eval", "--base-url", server.base_url,
+         "--task", TASK, "--strategies", "single,sc8", "--limit", "3", "--max-tokens", "24",
+         "--concurrency", "3", "--seed", "7", "--out", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[0].split()[:2] == ["strategy", "accuracy"]
+    data = json.loads((out / "results.json").read_text())
+    summaries = {s["strategy"]: s for s in data["summaries"]}
+    assert list(summaries) == ["single", "sc8"]
+    assert all(s["questions"] == 3 and s["errors"] == 0 for s in summaries.values())
+    assert summaries["single"]["sub_requests_per_question"] == 1
+    assert summaries["sc8"]["sub_requests_per_question"] == 8  # fixed stop: all 8 drawn
+    assert 0 < summaries["single"]["completion_tokens_per_question"] <= 24
+    assert summaries["sc8"]["completion_tokens_per_question"] > 24  # eight samples' worth
+    assert data["runs"][1]["spec"]["answer_format"] == "answer_is"
+    assert data["settings"]["model"] == "smollm2"
+    assert (out / "results.md").read_text().count("\n| ") >= 3
+    assert (out / "accuracy_vs_tokens.png").stat().st_size > 1000
+
+
+def test_refinery_eval_names_an_unknown_strategy(server: ServerProcess, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "server.cli", "eval", "--base-url", server.base_url,
+         "--task", TASK, "--strategies", "single,sc999", "--limit", "1", "--quiet",
+         "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "unknown strategy 'sc999'" in result.stderr
+
+
+def test_an_unwritable_model_cache_stops_the_server_naming_the_path(tmp_path: Path) -> None:
+    """The cache path lies under a regular file, which no user (root included) can make a
+    directory of; the server exits non-zero before any engine starts."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    cache = blocker / "cache"
+    result = subprocess.run(
+        refinery_command(free_port()), capture_output=True, text=True, timeout=300,
+        env={**os.environ, "REFINERY_CACHE": str(cache)},
+    )
+    assert result.returncode != 0
+    assert f"cannot write the model cache {cache}" in result.stderr
+    assert "REFINERY_CACHE" in result.stderr

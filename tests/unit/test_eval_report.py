@@ -1,0 +1,106 @@
+"""`refinery eval`'s numbers and files: the bootstrap interval, per-strategy summaries, and the
+table / JSON / Markdown / plot the report writer leaves behind."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from clients.evaluation.report import markdown_table, text_table, write_report
+from clients.evaluation.runner import StrategyChoice, StrategyRun
+from clients.evaluation.summary import Outcome, bootstrap_interval, percentile, summarise
+
+
+def outcome(i: int, correct: bool, tokens: int = 100, subs: int = 1,
+            latency: float = 1.0, error: str | None = None) -> Outcome:
+    return Outcome(f"q{i}", correct, "42" if correct else "41", tokens, 50, subs, latency, error)
+
+
+def test_bootstrap_interval_matches_the_normal_approximation_for_a_large_sample() -> None:
+    values = [1.0] * 300 + [0.0] * 700  # p = 0.3, n = 1000: ±1.96·sqrt(p(1-p)/n) ≈ ±0.028
+    low, high = bootstrap_interval(values, seed=1)
+    assert low == pytest.approx(0.3 - 0.0284, abs=0.006)
+    assert high == pytest.approx(0.3 + 0.0284, abs=0.006)
+
+
+def test_bootstrap_interval_is_seeded() -> None:
+    values = [(i * 37 % 101) / 101 for i in range(50)]
+    assert bootstrap_interval(values, resamples=200, seed=5) == bootstrap_interval(
+        values, resamples=200, seed=5)
+    assert bootstrap_interval(values, resamples=200, seed=5) != bootstrap_interval(
+        values, resamples=200, seed=6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from([0.0, 1.0]), min_size=1, max_size=40), st.integers(0, 99))
+def test_bootstrap_interval_contains_the_mean_and_stays_in_range(values: list[float],
+                                                                 seed: int) -> None:
+    low, high = bootstrap_interval(values, resamples=300, seed=seed)
+    mean = sum(values) / len(values)
+    assert 0.0 <= low <= high <= 1.0
+    assert low - 1e-9 <= mean <= high + 1e-9 or low == high
+
+
+def test_all_right_or_all_wrong_gives_a_point_interval() -> None:
+    assert bootstrap_interval([1.0] * 10) == (1.0, 1.0)
+    assert bootstrap_interval([0.0] * 10) == (0.0, 0.0)
+    assert all(math.isnan(v) for v in bootstrap_interval([]))
+
+
+def test_percentile_interpolates_like_numpy() -> None:
+    values = [5.0, 1.0, 3.0, 2.0, 4.0]
+    assert percentile(values, 50) == 3.0
+    assert percentile(values, 95) == pytest.approx(4.8)
+    assert math.isnan(percentile([], 50))
+
+
+def test_summary_counts_tokens_sub_requests_latency_and_rate() -> None:
+    outcomes = [outcome(0, True, 200, 8, 1.0), outcome(1, False, 100, 4, 3.0),
+                outcome(2, True, 300, 8, 2.0), outcome(3, False, 0, 0, 0.5, error="HTTP 503")]
+    row = summarise("sc8", outcomes, wall_s=2.0)
+    assert (row.questions, row.correct, row.accuracy) == (4, 2, 0.5)
+    assert row.completion_tokens_per_question == 150
+    assert row.prompt_tokens_per_question == 50
+    assert row.sub_requests_per_question == 5
+    assert row.latency_p50_s == 1.5 and row.questions_per_s == 2.0 and row.errors == 1
+    assert row.ci_low <= 0.5 <= row.ci_high
+
+
+@pytest.fixture
+def report(tmp_path: Path) -> tuple[Path, list[Path]]:
+    runs = [StrategyRun(StrategyChoice("single", None), (outcome(0, True), outcome(1, False)), 2),
+            StrategyRun(StrategyChoice("sc8", {"name": "self_consistency", "max_samples": 8}),
+                        (outcome(0, True, 800, 8), outcome(1, True, 700, 8)), 4)]
+    rows = [summarise(r.choice.label, r.outcomes, r.wall_s) for r in runs]
+    settings_ = {"task": "reasoning_gym:chain_sum", "model": "smollm2", "questions": 2,
+                 "command": "refinery eval --task reasoning_gym:chain_sum"}
+    return tmp_path, write_report(tmp_path / "out", settings_, runs, rows)
+
+
+def test_the_report_writes_json_markdown_and_a_plot(report: tuple[Path, list[Path]]) -> None:
+    root, paths = report
+    assert [p.name for p in paths] == ["results.json", "results.md", "accuracy_vs_tokens.png"]
+    data = json.loads(paths[0].read_text())
+    assert [s["strategy"] for s in data["summaries"]] == ["single", "sc8"]
+    assert data["summaries"][1]["accuracy"] == 1.0
+    assert data["runs"][1]["spec"]["max_samples"] == 8
+    assert data["runs"][0]["outcomes"][1]["correct"] is False
+    assert data["settings"]["model"] == "smollm2"
+    markdown = paths[1].read_text()
+    assert "refinery eval --task reasoning_gym:chain_sum" in markdown
+    assert "| sc8 | 1.000 |" in markdown
+    assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tables_have_one_row_per_strategy() -> None:
+    rows = [summarise("single", [outcome(0, True)], 1.0),
+            summarise("bon8", [outcome(0, False, 900, 8)], 1.0)]
+    text = text_table(rows).splitlines()
+    assert len(text) == 3 and text[0].startswith("strategy") and text[2].startswith("bon8")
+    assert len({len(line) for line in text}) == 1  # aligned
+    assert markdown_table(rows).count("\n") == 3

@@ -1,0 +1,118 @@
+"""`refinery eval`'s runner: strategy lists parsed (names, presets, labelled JSON), presets
+expanded with the task's answer format, and every question sent under every strategy to a
+server stand-in (httpx.MockTransport) whose usage and strategy objects are read back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from clients.evaluation.runner import (
+    EvalError,
+    StrategyChoice,
+    evaluate,
+    parse_strategies,
+    resolve_strategies,
+)
+from clients.evaluation.tasks import parse_task
+
+PRESETS = {"sc8": {"name": "self_consistency", "stop": "fixed", "max_samples": 8},
+           "bon8": {"name": "best_of_n", "n": 8, "selection": "self_certainty"}}
+
+
+def test_names_presets_and_labelled_json_objects_are_parsed() -> None:
+    choices = parse_strategies('single, sc8,sc16={"name":"self_consistency","max_samples":16},'
+                               '{"name":"best_of_n","n":4,"answer_format":"regex:(a,b)"}')
+    assert choices == [
+        StrategyChoice("single", None), StrategyChoice("sc8", "sc8"),
+        StrategyChoice("sc16", {"name": "self_consistency", "max_samples": 16}),
+        StrategyChoice("best_of_n", {"name": "best_of_n", "n": 4,
+                                     "answer_format": "regex:(a,b)"}),
+    ]
+
+
+@pytest.mark.parametrize("text", ["", "sc8,sc8", '{"n": 8}', '{"name": "x"', "a=[1]"])
+def test_bad_strategy_lists_are_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_strategies(text)
+
+
+def test_presets_are_expanded_with_the_tasks_answer_format() -> None:
+    choices = parse_strategies('single,sc8,{"name":"best_of_n","n":2,"answer_format":"number"}')
+    resolved = resolve_strategies(choices, PRESETS, "answer_is")
+    assert resolved[0].spec is None
+    assert resolved[1].spec == {**PRESETS["sc8"], "answer_format": "answer_is"}
+    assert resolved[2].spec["answer_format"] == "number"  # the user's choice stays
+
+
+def test_an_unknown_preset_lists_the_known_ones() -> None:
+    with pytest.raises(EvalError, match="bon8, sc8"):
+        resolve_strategies(parse_strategies("sc99"), PRESETS, "auto")
+
+
+class FakeServer:
+    """Answers every chat request with the gold answer for strategies and a wrong one for
+    plain requests, recording each body."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.bodies: list[dict] = []
+        self.status = status
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        self.bodies.append(body)
+        if self.status != 200:
+            return httpx.Response(self.status, json={"error": {"message": "nope"}})
+        gold = body["messages"][0]["content"].split("gold=")[1].split()[0]
+        strategy = body.get("strategy")
+        answer = gold if strategy else "-1"
+        data = {"choices": [{"message": {"role": "assistant", "content": f"Answer: {answer}"}}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 80 if strategy else 10}}
+        if strategy:
+            data["strategy"] = {"name": strategy["name"], "usage": {"sub_requests": 8}}
+        return httpx.Response(200, json=data)
+
+
+def jsonl_task(tmp_path: Path):
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": f"q gold={i} ?", "answer": i})
+                              for i in range(4)))
+    return parse_task(str(path), answer_format="answer_is")
+
+
+def run(task, server: FakeServer, strategies: list[StrategyChoice]):
+    questions = task.questions(None, seed=0)
+    return asyncio.run(evaluate("http://eval", "m", task, questions, strategies, concurrency=2,
+                                max_tokens=64, temperature=0.7, seed=3, progress=False,
+                                transport=httpx.MockTransport(server)))
+
+
+def test_every_question_runs_under_every_strategy_with_seeds_and_usage(tmp_path: Path) -> None:
+    server = FakeServer()
+    strategies = resolve_strategies(parse_strategies("single,sc8"), PRESETS, "answer_is")
+    single, sc8 = run(jsonl_task(tmp_path), server, strategies)
+    assert [o.correct for o in single.outcomes] == [False] * 4
+    assert [o.correct for o in sc8.outcomes] == [True] * 4
+    assert [o.sub_requests for o in single.outcomes] == [1] * 4
+    assert [o.sub_requests for o in sc8.outcomes] == [8] * 4
+    assert sc8.outcomes[0].completion_tokens == 80 and sc8.outcomes[0].prompt_tokens == 10
+    assert len(server.bodies) == 8
+    plain = [b for b in server.bodies if "strategy" not in b]
+    assert sorted(b["seed"] for b in plain) == [300_000, 300_064, 300_128, 300_192]
+    assert all(b["max_tokens"] == 64 and b["model"] == "m" for b in server.bodies)
+    assert all(b["strategy"]["answer_format"] == "answer_is"
+               for b in server.bodies if "strategy" in b)
+
+
+def test_a_refused_request_stops_the_run(tmp_path: Path) -> None:
+    with pytest.raises(EvalError, match="400.*nope"):
+        run(jsonl_task(tmp_path), FakeServer(400), [StrategyChoice("single", None)])
+
+
+def test_a_server_error_is_counted_against_the_question(tmp_path: Path) -> None:
+    (run_,) = run(jsonl_task(tmp_path), FakeServer(503), [StrategyChoice("single", None)])
+    assert all(not o.correct and o.error == "HTTP 503: nope" for o in run_.outcomes)
