@@ -3,28 +3,38 @@
     RefineryError            base; carries an HTTP status, a `param` and a `code`
     ├── InvalidRequest       400: malformed request or a value out of bounds
     ├── Unauthorized         401: API keys are configured and the request has none, or a wrong one
+    ├── PayloadTooLarge      413: the request body is over REFINERY_MAX_BODY_BYTES
+    ├── Overloaded           429: the server holds as many engine sequences as it admits
     ├── Unavailable          503: still loading, draining for shutdown, or the engine died
+    ├── RequestTimeout       504: the request ran past REFINERY_REQUEST_TIMEOUT; its work is aborted
     ├── ServingRefused       vLLM's serving layer answered with an error (its status kept)
     └── ClientDisconnected   499: the client went away before the answer was ready
 
 `server.api.error_responses.classify` turns any exception (these, vLLM's, FastAPI's, and the
 unexpected) into one OpenAI-shaped error, for a JSON response and for an SSE error event alike.
+Messages that quote a client's value quote it through `excerpt`: bounded and escaped.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
 __all__ = [
     "CLIENT_CLOSED_REQUEST",
+    "EXCERPT_CHARS",
     "ClientDisconnected",
     "InvalidRequest",
+    "Overloaded",
+    "PayloadTooLarge",
     "RefineryError",
+    "RequestTimeout",
     "ServingRefused",
     "Unauthorized",
     "Unavailable",
     "error_type_for_status",
+    "excerpt",
 ]
 
 # nginx's "client closed request": recorded in metrics and the access log, seen by nobody.
@@ -41,7 +51,11 @@ _TYPE_BY_STATUS = {
     HTTPStatus.TOO_MANY_REQUESTS: "rate_limit_error",
     HTTPStatus.NOT_IMPLEMENTED: "not_implemented_error",
     HTTPStatus.SERVICE_UNAVAILABLE: "service_unavailable_error",
+    HTTPStatus.GATEWAY_TIMEOUT: "timeout_error",
 }
+
+# How much of a client's value an error message may quote.
+EXCERPT_CHARS = 100
 
 
 def error_type_for_status(status: int) -> str:
@@ -52,6 +66,14 @@ def error_type_for_status(status: int) -> str:
         return _TYPE_BY_STATUS.get(HTTPStatus(status), "server_error")
     except ValueError:
         return "server_error"
+
+
+def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
+    """A client's value as an error message may quote it: its `repr` (quotes, control and
+    non-printable characters escaped), cut to `limit` characters with `…` marking the cut, so an
+    error never reflects a large or hostile input back."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class RefineryError(Exception):
@@ -69,6 +91,11 @@ class RefineryError(Exception):
     def type(self) -> str:
         return error_type_for_status(self.status)
 
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Response headers that go with this error (none unless a subclass says)."""
+        return {}
+
 
 class InvalidRequest(RefineryError):
     """The request is malformed or a value is out of bounds; `param` names the field."""
@@ -80,6 +107,43 @@ class Unauthorized(RefineryError):
     """API keys are configured and the request carries none, or a wrong one."""
 
     status = HTTPStatus.UNAUTHORIZED
+
+
+class PayloadTooLarge(RefineryError):
+    """The request body is larger than the server accepts (REFINERY_MAX_BODY_BYTES): refused
+    from its Content-Length, or as soon as the bytes received pass the limit."""
+
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+class Overloaded(RefineryError):
+    """The server already holds as many engine sequences as it admits: refused at once, before
+    any work starts, so that the client (the openai SDK retries 429s by itself) comes back
+    after `Retry-After` seconds or goes to another replica. Nothing of the request ran."""
+
+    status = HTTPStatus.TOO_MANY_REQUESTS
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message, code="overloaded")
+        self.retry_after_s = retry_after_s
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
+class RequestTimeout(RefineryError):
+    """The request ran longer than REFINERY_REQUEST_TIMEOUT: every engine request it started
+    has been aborted. A 504, or an SSE error event when its stream had already begun."""
+
+    status = HTTPStatus.GATEWAY_TIMEOUT
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(
+            f"the request ran past this server's limit of {timeout_s:g} s and was aborted; "
+            "ask for less work (fewer samples, a lower max_tokens) or retry later",
+            code="request_timeout",
+        )
 
 
 class Unavailable(RefineryError):

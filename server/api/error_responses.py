@@ -6,6 +6,11 @@ Refinery's own errors (`server.exceptions`), for FastAPI's, for vLLM's (raised o
 for the unexpected (500). The JSON handlers, the request-context middleware's last-resort
 answer, and the SSE error event of a streamed strategy all use it. A 500 is logged once, with
 its traceback and request id.
+
+No error reflects a client's input at length: messages that quote a value use
+`server.exceptions.excerpt` (≤ 100 characters, escaped), validation details never carry the
+input, and every message is cut at `MAX_MESSAGE_CHARS` whoever wrote it (vLLM's messages quote
+values too, e.g. an unknown model name).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ if TYPE_CHECKING:
     from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
 __all__ = [
+    "MAX_MESSAGE_CHARS",
     "ClassifiedError",
     "classify",
     "from_vllm_error",
@@ -43,6 +49,15 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# The longest error message a client is sent; longer ones are cut, marked with `…`.
+MAX_MESSAGE_CHARS = 1000
+# The longest piece one validation error contributes to a message.
+_DETAIL_CHARS = 200
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -71,7 +86,8 @@ class ClassifiedError:
 def _error(status: int, message: str, *, param: str | None = None,
            code: str | int | None = None, headers: Mapping[str, str] | None = None
            ) -> ClassifiedError:
-    return ClassifiedError(status, message, error_type_for_status(status), param, code,
+    return ClassifiedError(status, _cut(message, MAX_MESSAGE_CHARS), error_type_for_status(status),
+                           None if param is None else _cut(param, _DETAIL_CHARS), code,
                            dict(headers or {}))
 
 
@@ -96,23 +112,44 @@ def invalid_from_validation(
     first = errors[0]
     param = clean_loc_for_param(prefix + tuple(first.get("loc", ()))) or None
     details = "; ".join(
-        f"{clean_loc_for_param(tuple(e.get('loc', ()))) or 'body'}: {e.get('msg')}"
+        _cut(f"{clean_loc_for_param(tuple(e.get('loc', ()))) or 'body'}: {e.get('msg')}",
+             _DETAIL_CHARS)
         for e in errors[:5]
     )
     return InvalidRequest(f"invalid request: {details}", param=param, code="invalid_value")
 
 
+_ENGINE_DEAD_MESSAGE = "the engine has stopped; the server is restarting, retry shortly"
+
+
+def _engine_died(exc: BaseException) -> bool:
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    return isinstance(exc, EngineDeadError)
+
+
 def classify(exc: BaseException) -> ClassifiedError:
     """Status, type, param, code and message for any exception."""
     if isinstance(exc, RefineryError):
-        return _error(exc.status, exc.message, param=exc.param, code=exc.code)
+        return _error(exc.status, exc.message, param=exc.param, code=exc.code,
+                      headers=exc.headers)
     if isinstance(exc, HTTPException):
         return _error(exc.status_code, str(exc.detail), headers=exc.headers)
     if isinstance(exc, RequestValidationError):
-        errors: list[Any] = list(exc.errors())
-        loc = errors[0].get("loc", ()) if errors and isinstance(errors[0], dict) else ()
+        errors: list[Any] = [e for e in exc.errors() if isinstance(e, dict)]
+        loc = errors[0].get("loc", ()) if errors else ()
         param = ".".join(str(p) for p in loc if p != "body") or None
-        return _error(400, f"invalid request: {errors[:5]}", param=param, code="invalid_value")
+        # The location and the reason of each error, never the input it quotes.
+        details = "; ".join(
+            _cut(f"{'.'.join(str(p) for p in e.get('loc', ())) or 'body'}: {e.get('msg')}",
+                 _DETAIL_CHARS)
+            for e in errors[:5]
+        )
+        return _error(400, f"invalid request: {details}", param=param, code="invalid_value")
+    if _engine_died(exc):
+        # The engine core process is gone: not a bug of this request, and the process is about
+        # to exit so that it is restarted (server.app._watch_engine). Retry elsewhere.
+        return _error(503, _ENGINE_DEAD_MESSAGE, code="engine_dead")
     if isinstance(exc, Exception):
         # vLLM's own classification: its VLLMError tree, and the builtins its serving code
         # still raises for bad input (ValueError → 400 …); anything else is a 500.

@@ -1,6 +1,6 @@
 """Per-request bookkeeping as a pure ASGI middleware: request id, access log, metrics, the
 in-flight count that the SIGTERM drain waits on, and the last-resort answer to an unexpected
-exception (a 500 that still carries the request id).
+exception (a 500 that still carries the request id). Beside it, the request body size limit.
 
 Pure ASGI (not BaseHTTPMiddleware) so that streaming responses and disconnect detection pass
 through untouched.
@@ -15,10 +15,11 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.api.error_responses import classify, log_if_server_error
+from server.exceptions import PayloadTooLarge
 from server.lifecycle import Lifecycle
-from server.metrics import REQUEST_DURATION, REQUESTS, TIME_TO_FIRST_TOKEN
+from server.metrics import ADMISSION_REJECTED, REQUEST_DURATION, REQUESTS, TIME_TO_FIRST_TOKEN
 
-__all__ = ["RequestContextMiddleware", "endpoint_label"]
+__all__ = ["BodySizeLimitMiddleware", "RequestContextMiddleware", "endpoint_label"]
 
 access_log = logging.getLogger("server.access")
 
@@ -26,6 +27,8 @@ access_log = logging.getLogger("server.access")
 _QUIET_PATHS = frozenset({"/health", "/ready", "/metrics"})
 _REQUEST_ID_HEADER = b"x-request-id"
 _MAX_REQUEST_ID_LEN = 128
+# An access log line quotes the path at most this long (escaped): a line stays one bounded line.
+_MAX_LOGGED_PATH_LEN = 200
 
 
 def endpoint_label(scope: Scope) -> str:
@@ -43,6 +46,61 @@ def _request_id(scope: Scope) -> str:
             if text and len(text) <= _MAX_REQUEST_ID_LEN and text.isprintable():
                 return text
     return uuid.uuid4().hex
+
+
+def _loggable_path(path: str) -> str:
+    """The path as one bounded log line may carry it: control characters and non-ASCII escaped
+    (no forged log lines), cut at `_MAX_LOGGED_PATH_LEN`."""
+    text = path.encode("ascii", "backslashreplace").decode("ascii")
+    text = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
+    if len(text) > _MAX_LOGGED_PATH_LEN:
+        text = text[: _MAX_LOGGED_PATH_LEN - 3] + "..."
+    return text
+
+
+class BodySizeLimitMiddleware:
+    """413 for a request body over `max_bytes`: at once from its Content-Length, or as soon as
+    the bytes received pass the limit (a chunked body, or a Content-Length that lies). The
+    route reading the body then gets `PayloadTooLarge`, which is answered like any error;
+    nothing past the limit is buffered."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> PayloadTooLarge:
+        ADMISSION_REJECTED.labels("body_too_large").inc()
+        return PayloadTooLarge(
+            f"the request body is larger than this server accepts ({self.max_bytes} bytes)",
+            code="request_too_large",
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = 0  # h11 refuses a malformed one before it gets here
+                if declared > self.max_bytes:
+                    response = classify(self._too_large()).response()
+                    await response(scope, receive, send)
+                    return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise self._too_large()
+            return message
+
+        await self.app(scope, counting_receive, send)
 
 
 class RequestContextMiddleware:
@@ -115,7 +173,7 @@ class RequestContextMiddleware:
                 '%s "%s %s" %d %.1fms request_id=%s',
                 f"{client[0]}:{client[1]}" if client else "-",
                 scope["method"],
-                path,
+                _loggable_path(path),
                 status,
                 elapsed * 1000,
                 request_id,

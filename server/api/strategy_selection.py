@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from server.exceptions import InvalidRequest
+from server.exceptions import InvalidRequest, excerpt
 from strategies import REGISTRY, Strategy, StrategyOptions
 
 __all__ = ["ResolvedStrategy", "ServerCaps", "resolve_strategy", "split_model_alias"]
@@ -73,7 +73,7 @@ def resolve_strategy(
     if isinstance(raw, str):
         if raw not in presets:
             raise InvalidRequest(
-                f"unknown strategy preset {raw!r}; presets: {', '.join(sorted(presets))}",
+                f"unknown strategy preset {excerpt(raw)}; presets: {', '.join(sorted(presets))}",
                 param="strategy", code="unknown_strategy",
             )
         preset, spec = raw, dict(presets[raw])
@@ -85,7 +85,7 @@ def resolve_strategy(
     name = spec.pop("name", None)
     if not isinstance(name, str) or name not in REGISTRY:
         raise InvalidRequest(
-            f"unknown strategy {name!r}; strategies: {', '.join(sorted(REGISTRY))}",
+            f"unknown strategy {excerpt(name)}; strategies: {', '.join(sorted(REGISTRY))}",
             param="strategy.name", code="unknown_strategy",
         )
     strategy = REGISTRY[name]

@@ -131,12 +131,26 @@ def test_model_comes_from_the_image_the_hub_or_a_claim(
         assert claims == []
 
 
+def _api_keys_file_of(manifests: Manifests) -> tuple[str, str]:
+    """(the Secret mounted as the API keys file, REFINERY_API_KEYS_FILE): the keys are a
+    read-only file from the Secret, never an environment variable."""
+    container = server_container(manifests)
+    env = env_of(container)
+    assert "REFINERY_API_KEYS" not in env
+    (spec,) = [s for role, s in pod_specs(manifests) if role in ("server", "leader")]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "api-keys"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "api-keys"]
+    assert mount["readOnly"] is True
+    (item,) = volume["secret"]["items"]
+    assert env["REFINERY_API_KEYS_FILE"] == f"{mount['mountPath']}/{item['path']}"
+    return volume["secret"]["secretName"], env["REFINERY_API_KEYS_FILE"]
+
+
 def test_hub_token_and_api_keys_come_from_secrets(examples: dict[str, Manifests]) -> None:
     env = env_of(server_container(examples["gpu-single"]))
     assert env["HF_TOKEN"] == {"secretKeyRef": {"name": "hf-token", "key": "token"}}
-    assert env["REFINERY_API_KEYS"] == {
-        "secretKeyRef": {"name": "refinery-api-keys", "key": "api-keys"}
-    }
+    assert _api_keys_file_of(examples["gpu-single"]) == (
+        "refinery-api-keys", "/etc/refinery/api-keys/api-keys")
     # An existing Secret is used as it is; the chart creates none.
     assert find(examples["gpu-single"], "Secret") == []
 
@@ -144,8 +158,22 @@ def test_hub_token_and_api_keys_come_from_secrets(examples: dict[str, Manifests]
 def test_chart_managed_api_keys_go_into_a_secret_of_its_own(all_features: Manifests) -> None:
     (secret,) = find(all_features, "Secret")
     assert secret["stringData"] == {"api-keys": "key-one,key-two"}
-    env = env_of(server_container(all_features))
-    assert env["REFINERY_API_KEYS"]["secretKeyRef"]["name"] == secret["metadata"]["name"]
+    assert _api_keys_file_of(all_features)[0] == secret["metadata"]["name"]
+    # Without keys there is nothing to mount and nothing to require.
+    plain = render()
+    assert "REFINERY_API_KEYS_FILE" not in env_of(server_container(plain))
+    assert all(v["name"] != "api-keys" for _, spec in pod_specs(plain) for v in spec["volumes"])
+
+
+def test_admission_settings_reach_the_server() -> None:
+    env = env_of(server_container(render()))
+    assert env["REFINERY_QUEUE_FACTOR"] == "2"
+    assert env["REFINERY_REQUEST_TIMEOUT"] == "600"
+    assert "REFINERY_MAX_OUTSTANDING_SEQUENCES" not in env  # derived from max-num-seqs
+    env = env_of(server_container(render(set_values=[
+        "refinery.admission.maxOutstandingSequences=96", "refinery.requestTimeoutSeconds=120"])))
+    assert env["REFINERY_MAX_OUTSTANDING_SEQUENCES"] == "96"
+    assert env["REFINERY_REQUEST_TIMEOUT"] == "120"
 
 
 def test_engine_args_become_vllm_flags() -> None:
@@ -230,9 +258,32 @@ def test_hpa_reads_the_metric_prometheus_adapter_serves() -> None:
     )
     served = {rule["name"]["as"] for rule in adapter["rules"]["custom"]}
     assert VALUES["autoscaling"]["hpa"]["metricName"] in served
-    manifests = render(set_values=["autoscaling.enabled=true", "autoscaling.backend=hpa"])
-    (hpa,) = find(manifests, "HorizontalPodAutoscaler")
-    assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] in served
+    assert VALUES["autoscaling"]["hpa"]["admissionMetricName"] in served
+    for metric in ("queueDepth", "admission"):
+        manifests = render(set_values=["autoscaling.enabled=true", "autoscaling.backend=hpa",
+                                       f"autoscaling.metric={metric}"])
+        (hpa,) = find(manifests, "HorizontalPodAutoscaler")
+        assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] in served
+
+
+@pytest.mark.parametrize("backend", ["keda", "hpa"])
+def test_autoscaling_can_follow_the_admission_load(backend: str) -> None:
+    manifests = render(set_values=["autoscaling.enabled=true", f"autoscaling.backend={backend}",
+                                   "autoscaling.metric=admission"])
+    if backend == "keda":
+        (scaler,) = find(manifests, "ScaledObject")
+        (trigger,) = scaler["spec"]["triggers"]
+        selector = f'namespace="{NAMESPACE}",service="refinery"'
+        assert trigger["metadata"]["query"] == (
+            f"sum(refinery_outstanding_sequences{{{selector}}}) / "
+            f"clamp_min(max(refinery_outstanding_sequences_limit{{{selector}}}), 1)"
+        )
+        assert trigger["metadata"]["threshold"] == "0.7"
+    else:
+        (hpa,) = find(manifests, "HorizontalPodAutoscaler")
+        metric = hpa["spec"]["metrics"][0]["pods"]
+        assert metric["metric"]["name"] == "refinery_admission_utilization"
+        assert metric["target"]["averageValue"] == "0.7"
 
 
 def test_network_policy_opens_the_api_port_and_group_traffic(

@@ -31,6 +31,8 @@ DASHBOARD_MUST_READ = {
     "sub-requests running": "refinery_subrequests_running",
     "KV-cache usage": "vllm:kv_cache_usage_perc",
     "queue depth": "vllm:num_requests_waiting",
+    "outstanding sequences (admission)": "refinery_outstanding_sequences",
+    "admission rejections": "refinery_admission_rejected_total",
 }
 
 

@@ -106,9 +106,28 @@ def test_sigterm_drains_in_flight_work_then_exits_cleanly(cache_dir: Path, logs_
             except httpx.HTTPError as exc:  # recorded, asserted below
                 result["error"] = exc
 
+        # And 16 strategy requests of 2 samples each: a drain must let every one finish.
+        strategy_replies: list[httpx.Response | httpx.HTTPError] = []
+
+        def strategy_in_flight(index: int) -> None:
+            try:
+                strategy_replies.append(httpx.post(
+                    f"{server.base_url}/v1/chat/completions", timeout=120,
+                    json={"model": "smollm2", "max_tokens": 60, "ignore_eos": True,
+                          "temperature": 0.7, "strategy": {"name": "best_of_n", "n": 2},
+                          "messages": [{"role": "user", "content": f"Count to {index}."}]},
+                ))
+            except httpx.HTTPError as exc:  # recorded, asserted below
+                strategy_replies.append(exc)
+
         worker = threading.Thread(target=in_flight)
-        worker.start()
-        assert wait_for_metric(server.base_url, "vllm:num_requests_running", 1, timeout=30) == 1
+        strategy_workers = [threading.Thread(target=strategy_in_flight, args=(i,))
+                            for i in range(16)]
+        for thread in (worker, *strategy_workers):
+            thread.start()
+        running = 1 + 16 * 2
+        assert wait_for_metric(server.base_url, "vllm:num_requests_running", running,
+                               timeout=60) == running
         server.process.terminate()  # SIGTERM to the main process only
 
         refused = None
@@ -122,7 +141,18 @@ def test_sigterm_drains_in_flight_work_then_exits_cleanly(cache_dir: Path, logs_
         assert ready.status_code == 503 and ready.json()["status"] == "draining"
         assert refused is not None and refused.status_code == 503
         assert refused.json()["error"]["type"] == "service_unavailable_error"
+        refused_strategy = httpx.post(
+            f"{server.base_url}/v1/chat/completions",
+            json={"model": "smollm2", "messages": USER, "max_tokens": 1, "strategy": "bon8"})
+        assert refused_strategy.status_code == 503, refused_strategy.text
 
+        for thread in strategy_workers:
+            thread.join(120)
+        assert len(strategy_replies) == 16
+        for strategy_reply in strategy_replies:
+            assert isinstance(strategy_reply, httpx.Response), strategy_reply
+            assert strategy_reply.status_code == 200, strategy_reply.text
+            assert strategy_reply.json()["strategy"]["samples"] == 2
         worker.join(120)
         reply = result.get("reply")
         assert isinstance(reply, httpx.Response), result.get("error")
@@ -142,20 +172,3 @@ def test_start_up_failure_exits_non_zero_with_a_clear_message(tmp_path: Path) ->
     )
     assert done.returncode != 0
     assert "no-such-model" in done.stdout + done.stderr
-
-
-def test_engine_death_stops_the_server_non_zero(cache_dir: Path, logs_dir: Path) -> None:
-    """A dead engine core cannot serve again: the process exits so that it gets restarted."""
-    import psutil
-
-    server = start_refinery(logs_dir, env={"REFINERY_CACHE": str(cache_dir)}, name="doomed")
-    try:
-        server.wait_ready()
-        children = psutil.Process(server.process.pid).children(recursive=True)
-        engine_cores = [p for p in children if "EngineCore" in " ".join(p.cmdline()) + p.name()]
-        assert engine_cores, [(p.name(), p.cmdline()) for p in children]
-        for process in engine_cores:
-            process.kill()
-        assert server.process.wait(120) != 0
-    finally:
-        server.kill_group()
