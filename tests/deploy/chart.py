@@ -18,6 +18,7 @@ __all__ = [
     "NAMESPACE",
     "RELEASE",
     "RenderError",
+    "STACK_EXAMPLES",
     "adapter_expressions",
     "containers",
     "dashboard_expressions",
@@ -28,7 +29,13 @@ __all__ = [
 ]
 
 CHART = REPO / "deploy" / "helm" / "refinery"
-EXAMPLES = sorted((REPO / "deploy" / "examples").glob("*.yaml"))
+# Examples for a serving stack, tested in test_inference_pool.py: llm-d.yaml (values that add the
+# endpoint picker's Deployment and Service) and kserve.yaml (a KServe manifest, not values).
+STACK_EXAMPLES = ("llm-d.yaml", "kserve.yaml")
+EXAMPLES = sorted(
+    path for path in (REPO / "deploy" / "examples").glob("*.yaml")
+    if path.name not in STACK_EXAMPLES
+)
 RELEASE = "refinery"
 NAMESPACE = "llm"
 # Every optional object switched on (with the default KEDA autoscaling).

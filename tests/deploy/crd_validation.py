@@ -50,9 +50,10 @@ def _strict(schema: Any) -> Any:
 
 
 @cache
-def crd_schemas() -> dict[str, CustomResourceSchema]:
-    """Kind → schema, from every vendored CRD listed in deploy/schemas/sources.yaml."""
-    result: dict[str, CustomResourceSchema] = {}
+def crd_schemas() -> dict[str, tuple[CustomResourceSchema, ...]]:
+    """Kind → its schemas (one per API group), from every vendored CRD listed in
+    deploy/schemas/sources.yaml."""
+    result: dict[str, tuple[CustomResourceSchema, ...]] = {}
     for source in yaml.safe_load((SCHEMAS / "sources.yaml").read_text()):
         path = SCHEMAS / source["file"]
         crd = yaml.load(path.read_text(), Loader=yaml.CSafeLoader)
@@ -62,8 +63,9 @@ def crd_schemas() -> dict[str, CustomResourceSchema]:
             for version in spec["versions"]
             if version.get("served")
         }
-        result[spec["names"]["kind"]] = CustomResourceSchema(
-            spec["names"]["kind"], spec["group"], versions, path
+        kind = spec["names"]["kind"]
+        result[kind] = (
+            *result.get(kind, ()), CustomResourceSchema(kind, spec["group"], versions, path)
         )
     return result
 
@@ -77,13 +79,15 @@ def validate_custom_resource(resource: dict[str, Any]) -> None:
     schemas = crd_schemas()
     if kind not in schemas:
         raise CustomResourceInvalid(f"no vendored CRD for kind {kind!r}")
-    crd = schemas[kind]
     group, _, version = str(resource.get("apiVersion", "")).rpartition("/")
-    if group != crd.group or version not in crd.versions:
+    served = [crd for crd in schemas[kind] if crd.group == group and version in crd.versions]
+    if not served:
         raise CustomResourceInvalid(
-            f"{kind}: apiVersion {resource.get('apiVersion')!r} is not served by the CRD "
-            f"(group {crd.group}, versions {sorted(crd.versions)})"
+            f"{kind}: apiVersion {resource.get('apiVersion')!r} is not served by the CRD ("
+            + "; ".join(f"group {c.group}, versions {sorted(c.versions)}" for c in schemas[kind])
+            + ")"
         )
+    (crd,) = served
     name = resource.get("metadata", {}).get("name")
     if not name:
         raise CustomResourceInvalid(f"{kind}: metadata.name is required")

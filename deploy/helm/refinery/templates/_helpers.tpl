@@ -154,3 +154,80 @@ A value as a command-line word: whole numbers without an exponent (1000000, not 
 {{- toString . }}
 {{- end }}
 {{- end }}
+
+{{/*
+llm-d / Gateway API Inference Extension (inferencePool.enabled): names and the pool's selector.
+*/}}
+{{- define "refinery.inferencePoolName" -}}
+{{- include "refinery.fullname" . }}
+{{- end }}
+
+{{- define "refinery.endpointPickerName" -}}
+{{- printf "%s-epp" (include "refinery.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "refinery.endpointPickerSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "refinery.name" . }}-epp
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "refinery.endpointPickerLabels" -}}
+helm.sh/chart: {{ include "refinery.chart" . }}
+{{ include "refinery.endpointPickerSelectorLabels" . }}
+app.kubernetes.io/component: endpoint-picker
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: refinery
+{{- end }}
+
+{{/*
+The pods the InferencePool routes to: the pods that serve HTTP. Single node: every server pod.
+Multi-node: group leaders only (the LWS controller labels leaders worker-index "0"); the Ray
+workers serve nothing.
+*/}}
+{{- define "refinery.poolSelectorLabels" -}}
+{{ include "refinery.selectorLabels" . }}
+app.kubernetes.io/component: server
+{{- if .Values.multiNode.enabled }}
+leaderworkerset.sigs.k8s.io/worker-index: "0"
+{{- end }}
+{{- end }}
+
+{{/*
+The endpoint picker's EndpointPickerConfig (llm-d Router). Scoring reads the load each pod
+reports on /metrics (every strategy sample counts there), plus prefix-cache locality.
+*/}}
+{{- define "refinery.endpointPickerConfig" -}}
+{{- $p := .Values.inferencePool.endpointPicker }}
+apiVersion: llm-d.ai/v1alpha1
+kind: EndpointPickerConfig
+{{- if $p.flowControl }}
+featureGates:
+  - flowControl
+{{- end }}
+plugins:
+  - type: queue-scorer
+  - type: kv-cache-utilization-scorer
+  - type: prefix-cache-scorer
+  - type: max-score-picker
+  - type: single-profile-handler
+  - type: metrics-data-source
+    parameters:
+      scheme: http
+      path: /metrics
+  - type: core-metrics-extractor
+schedulingProfiles:
+  - name: default
+    plugins:
+      - pluginRef: queue-scorer
+        weight: {{ $p.scorers.queue }}
+      - pluginRef: kv-cache-utilization-scorer
+        weight: {{ $p.scorers.kvCacheUtilization }}
+      - pluginRef: prefix-cache-scorer
+        weight: {{ $p.scorers.prefixCache }}
+      - pluginRef: max-score-picker
+dataLayer:
+  sources:
+    - pluginRef: metrics-data-source
+      extractors:
+        - pluginRef: core-metrics-extractor
+{{- end }}

@@ -14,16 +14,23 @@ The pod template shared by the Deployment (one pod per replica) and the LeaderWo
   value: {{ $v.refinery.drainTimeoutSeconds | quote }}
 - name: REFINERY_MAX_SAMPLES
   value: {{ $v.refinery.maxSamples | quote }}
+- name: REFINERY_REQUEST_TIMEOUT
+  value: {{ $v.refinery.requestTimeoutSeconds | quote }}
+- name: REFINERY_QUEUE_FACTOR
+  value: {{ $v.refinery.admission.queueFactor | quote }}
+{{- with $v.refinery.admission.maxOutstandingSequences }}
+- name: REFINERY_MAX_OUTSTANDING_SEQUENCES
+  value: {{ . | quote }}
+{{- end }}
 {{- with $v.model.servedModelName }}
 - name: REFINERY_SERVED_MODEL_NAME
   value: {{ . | quote }}
 {{- end }}
 {{- if include "refinery.apiKeysEnabled" . }}
-- name: REFINERY_API_KEYS
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "refinery.apiKeysSecretName" . }}
-      key: {{ $v.refinery.apiKeys.secretKey }}
+# The keys are a file from the Secret (never an environment variable, which every process of
+# the pod inherits and `kubectl describe` tools show); a rotated Secret is re-read in place.
+- name: REFINERY_API_KEYS_FILE
+  value: {{ printf "%s/%s" (include "refinery.apiKeysMountPath" .) $v.refinery.apiKeys.secretKey | quote }}
 {{- end }}
 {{- with $v.model.hfToken.secretName }}
 - name: HF_TOKEN
@@ -32,6 +39,28 @@ The pod template shared by the Deployment (one pod per replica) and the LeaderWo
       name: {{ . }}
       key: {{ $v.model.hfToken.secretKey }}
 {{- end }}
+{{- if include "refinery.gatewayMode" . }}
+{{- if ne $v.model.source "embedded" }}
+{{- fail "mode=gateway loads no model: leave model.source at embedded (the backend serves the model)" }}
+{{- end }}
+- name: REFINERY_BACKEND
+  value: {{ required "mode=gateway needs gateway.backend (the backend's OpenAI base URL)" $v.gateway.backend | quote }}
+- name: REFINERY_BACKEND_SESSION_HEADER
+  value: {{ $v.gateway.sessionHeader | quote }}
+- name: REFINERY_BACKEND_TIMEOUT
+  value: {{ $v.gateway.timeoutSeconds | quote }}
+- name: REFINERY_BACKEND_PRIORITY
+  value: {{ $v.gateway.sendPriority | quote }}
+- name: REFINERY_BACKEND_KIND
+  value: {{ $v.gateway.backendKind | default "auto" | quote }}
+{{- with $v.gateway.apiKey.secretName }}
+- name: REFINERY_BACKEND_API_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $v.gateway.apiKey.secretKey }}
+{{- end }}
+{{- end }}
 - name: HF_HUB_OFFLINE
   value: {{ ternary "0" "1" (eq $v.model.source "hub") | quote }}
 {{- with $v.env }}
@@ -39,12 +68,24 @@ The pod template shared by the Deployment (one pod per replica) and the LeaderWo
 {{- end }}
 {{- end }}
 
+{{- define "refinery.apiKeysMountPath" -}}/etc/refinery/api-keys{{- end }}
+
+{{/* "true" in gateway mode (no engine in the pod: values.yaml `mode`), else empty. */}}
+{{- define "refinery.gatewayMode" -}}
+{{- if eq (.Values.mode | default "server") "gateway" }}true{{ end }}
+{{- end }}
+
 {{- define "refinery.volumeMounts" -}}
 - name: tmp
   mountPath: /tmp
+{{- if include "refinery.apiKeysEnabled" . }}
+- name: api-keys
+  mountPath: {{ include "refinery.apiKeysMountPath" . }}
+  readOnly: true
+{{- end }}
 - name: cache
   mountPath: {{ .Values.cache.mountPath }}
-{{- if .Values.shm.enabled }}
+{{- if and .Values.shm.enabled (not (include "refinery.gatewayMode" .)) }}
 - name: dshm
   mountPath: /dev/shm
 {{- end }}
@@ -61,6 +102,15 @@ The pod template shared by the Deployment (one pod per replica) and the LeaderWo
 {{- define "refinery.volumes" -}}
 - name: tmp
   emptyDir: {}
+{{- if include "refinery.apiKeysEnabled" . }}
+- name: api-keys
+  secret:
+    secretName: {{ include "refinery.apiKeysSecretName" . }}
+    defaultMode: 0440
+    items:
+      - key: {{ .Values.refinery.apiKeys.secretKey }}
+        path: {{ .Values.refinery.apiKeys.secretKey }}
+{{- end }}
 - name: cache
 {{- if .Values.cache.existingClaim }}
   persistentVolumeClaim:
@@ -71,7 +121,7 @@ The pod template shared by the Deployment (one pod per replica) and the LeaderWo
 {{- else }}
   emptyDir: {}
 {{- end }}
-{{- if .Values.shm.enabled }}
+{{- if and .Values.shm.enabled (not (include "refinery.gatewayMode" .)) }}
 - name: dshm
   emptyDir:
     medium: Memory
@@ -91,6 +141,9 @@ The pod template shared by the Deployment (one pod per replica) and the LeaderWo
 {{- end }}
 
 {{- define "refinery.resources" -}}
+{{- if include "refinery.gatewayMode" . }}
+{{- toYaml (.Values.gateway.resources | default dict) }}
+{{- else }}
 {{- $resources := deepCopy (.Values.resources | default dict) }}
 {{- if gt (.Values.gpu.count | int) 0 }}
 {{- $limits := get $resources "limits" | default dict }}
@@ -98,6 +151,7 @@ The pod template shared by the Deployment (one pod per replica) and the LeaderWo
 {{- $_ := set $resources "limits" $limits }}
 {{- end }}
 {{- toYaml $resources }}
+{{- end }}
 {{- end }}
 
 {{- define "refinery.probes" -}}
@@ -234,6 +288,10 @@ topologySpreadConstraints:
 labels:
   {{- include "refinery.selectorLabels" $root | nindent 2 }}
   app.kubernetes.io/component: {{ ternary "ray-worker" "server" (eq .role "worker") }}
+  {{- if and $root.Values.inferencePool.enabled (ne .role "worker") }}
+  # The llm-d endpoint picker reads vLLM's metric names from pods labelled so.
+  llm-d.ai/engine-type: vllm
+  {{- end }}
   {{- with $root.Values.podLabels }}
   {{- toYaml . | nindent 2 }}
   {{- end }}

@@ -1,0 +1,73 @@
+"""The series the llm-d endpoint picker scrapes from a model server, on a live Refinery.
+
+The picker (llm-d Router v0.10.0, core-metrics-extractor's vLLM mapping) reads
+`vllm:num_requests_waiting`, `vllm:num_requests_running`, `vllm:kv_cache_usage_perc`,
+`vllm:cache_config_info` (labels `block_size`, `num_gpu_blocks`) and `vllm:lora_requests_info`.
+Refinery serves vLLM's own stat-logger gauges, so a strategy request's samples count as the
+engine requests they are: the load signal the picker's queue and KV-cache scorers need.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.prometheus import metric_value
+from tests.servers import ServerProcess
+
+GAUGES = ("vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc",
+          "vllm:cache_config_info")
+
+
+def _families(base_url: str) -> dict[str, object]:
+    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+def test_the_pickers_gauges_are_served_with_vllms_labels(server: ServerProcess) -> None:
+    families = _families(server.base_url)
+    for name in GAUGES:
+        assert families[name].type == "gauge", name  # type: ignore[attr-defined]
+    (usage,) = families["vllm:kv_cache_usage_perc"].samples  # type: ignore[attr-defined]
+    assert 0.0 <= usage.value <= 1.0
+    (info,) = families["vllm:cache_config_info"].samples  # type: ignore[attr-defined]
+    assert info.value == 1.0
+    assert int(info.labels["block_size"]) > 0 and int(info.labels["num_gpu_blocks"]) > 0
+    for name in ("vllm:num_requests_waiting", "vllm:num_requests_running"):
+        (sample,) = families[name].samples  # type: ignore[attr-defined]
+        assert sample.labels["model_name"] == "smollm2"
+
+
+def test_lora_info_is_absent_without_lora_as_in_vllm(server: ServerProcess) -> None:
+    # vLLM 0.32 registers vllm:lora_requests_info only when LoRA is enabled (--enable-lora);
+    # the picker reads a missing family as "no adapter loaded" (llm-d-router #1467).
+    assert "vllm:lora_requests_info" not in _families(server.base_url)
+
+
+def test_engine_request_counts_include_every_strategy_sample(server: ServerProcess) -> None:
+    samples = 8
+    seen: list[float] = []
+    finished = threading.Event()
+
+    def watch() -> None:
+        while not finished.is_set():
+            seen.append(metric_value(server.base_url, "vllm:num_requests_running")
+                        + metric_value(server.base_url, "vllm:num_requests_waiting"))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        reply = httpx.post(f"{server.base_url}/v1/chat/completions", timeout=120, json={
+            "model": "smollm2", "messages": [{"role": "user", "content": "Count to fifty."}],
+            "max_tokens": 64, "ignore_eos": True, "temperature": 0.8,
+            "strategy": {"name": "best_of_n", "n": samples},
+        })
+    finally:
+        finished.set()
+        watcher.join()
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["strategy"]["samples"] == samples
+    # One HTTP request; the engine (and so the picker's scorers) sees its samples.
+    assert 1 < max(seen) <= samples
