@@ -4,27 +4,40 @@ together.
 Extraction follows the request option `answer_format`. Equivalence is decided cheaply first
 (a canonical string, exact numbers) and only then by the `math-verify` package, so that `1/2`,
 `0.5` and `\\frac{1}{2}` vote for the same answer while voting stays fast on the event loop.
+
+Structured answers are compared as data, never as text: `json` (or `json:<pointer>` for one
+field) parses the completion as JSON and answers its canonical form (`canonical_json`: sorted
+keys, 1 == 1.0, no whitespace), an `ExactAnswer` that votes only with the identical canonical
+form. Tool calls vote the same way (strategies.tool_votes).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from fractions import Fraction
+from typing import Any
 
 __all__ = [
     "ANSWER_FORMATS",
     "AnswerGroups",
     "AnswerSpec",
+    "ExactAnswer",
     "answers_equivalent",
     "canonical_answer",
+    "canonical_json",
     "extract_answer",
     "parse_answer_format",
+    "parse_json_answer",
 ]
 
-ANSWER_FORMATS = ("auto", "boxed", "answer_is", "number", "choice", "code", "text")
+ANSWER_FORMATS = ("auto", "boxed", "answer_is", "number", "choice", "code", "text", "json")
 _REGEX_PREFIX = "regex:"
+_JSON_PREFIX = "json:"
 _MAX_PATTERN_LEN = 500
 # A user pattern runs on the end of the text only: answers come last, and this bounds the cost
 # of a pathological (backtracking) pattern on a long completion.
@@ -35,10 +48,29 @@ _REGEX_TAIL_CHARS = 4000
 class AnswerSpec:
     kind: str
     pattern: re.Pattern[str] | None = None
+    # `json:<pointer>`: the reference tokens of the JSON pointer (RFC 6901) to vote on.
+    pointer: tuple[str, ...] = ()
+
+
+class ExactAnswer(str):
+    """An answer in a canonical form (canonical JSON, a tool-call key): it votes with the
+    identical string only, never through text normalisation or math-verify."""
+
+    __slots__ = ()
+
+
+def _json_pointer(source: str) -> tuple[str, ...]:
+    if source == "":
+        return ()
+    if not source.startswith("/"):
+        raise ValueError("a JSON pointer is empty or starts with '/', e.g. json:/answer")
+    return tuple(token.replace("~1", "/").replace("~0", "~") for token in source[1:].split("/"))
 
 
 def parse_answer_format(value: str) -> AnswerSpec:
     """Validate an `answer_format` option; ValueError carries a user-facing message."""
+    if value.startswith(_JSON_PREFIX):
+        return AnswerSpec("json", pointer=_json_pointer(value[len(_JSON_PREFIX):]))
     if value.startswith(_REGEX_PREFIX):
         source = value[len(_REGEX_PREFIX):]
         if not source or len(source) > _MAX_PATTERN_LEN:
@@ -49,8 +81,8 @@ def parse_answer_format(value: str) -> AnswerSpec:
             raise ValueError(f"invalid regex: {exc}") from exc
     if value not in ANSWER_FORMATS:
         raise ValueError(
-            f"unknown answer_format {value!r}; use one of {', '.join(ANSWER_FORMATS)} "
-            "or regex:<pattern>"
+            f"unknown answer_format {value!r}; use one of {', '.join(ANSWER_FORMATS)}, "
+            "json:<pointer> or regex:<pattern>"
         )
     return AnswerSpec(value)
 
@@ -142,9 +174,94 @@ def _number_in(phrase: str) -> str | None:
     return _normalise_number(numbers[0])
 
 
+# Numbers with a larger decimal exponent keep their scientific form: `1e999999` must not
+# become a million-digit integer.
+_MAX_EXPONENT = 100
+
+
+def _canonical_number(value: Decimal) -> str:
+    if not value.is_finite():
+        return "NaN" if value.is_nan() else ("-Infinity" if value < 0 else "Infinity")
+    normal = value.normalize()
+    if abs(normal.adjusted()) > _MAX_EXPONENT:
+        return str(normal)
+    if normal == normal.to_integral_value():
+        return str(int(normal))
+    return format(normal, "f")
+
+
+def canonical_json(value: Any) -> str:
+    """One string per JSON value: keys sorted, no whitespace, numbers by value (1, 1.0 and
+    1e0 are `1`; 2.50 is `2.5`), strings as written. Booleans stay booleans (true is not 1)."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return _canonical_number(Decimal(repr(value)) if value == value else Decimal("NaN"))
+    if isinstance(value, Decimal):
+        return _canonical_number(value)
+    if isinstance(value, Mapping):
+        items = sorted((str(key), item) for key, item in value.items())
+        return "{" + ",".join(f"{json.dumps(key, ensure_ascii=False)}:{canonical_json(item)}"
+                              for key, item in items) + "}"
+    if isinstance(value, Sequence):
+        return "[" + ",".join(canonical_json(item) for item in value) + "]"
+    raise TypeError(f"not a JSON value: {type(value).__name__}")
+
+
+_MISSING = object()
+
+
+def parse_json_answer(text: str) -> Any:
+    """The JSON value a completion is (numbers as exact decimals), or else that of its last
+    fenced block; ValueError when neither parses."""
+    candidates = [text.strip()]
+    blocks = _FENCED.findall(text)
+    if blocks:
+        candidates.append(blocks[-1].strip())
+    for candidate in candidates:
+        try:
+            return json.loads(candidate, parse_float=Decimal)
+        except (ValueError, RecursionError, InvalidOperation):
+            continue
+    raise ValueError("not JSON")
+
+
+def _resolve_pointer(value: Any, pointer: tuple[str, ...]) -> Any:
+    for token in pointer:
+        if isinstance(value, dict):
+            value = value.get(token, _MISSING)
+        elif isinstance(value, list) and token.isdigit() and int(token) < len(value):
+            value = value[int(token)]
+        else:
+            return _MISSING
+        if value is _MISSING:
+            return _MISSING
+    return value
+
+
+def _json_answer(text: str, pointer: tuple[str, ...]) -> ExactAnswer | None:
+    try:
+        document = parse_json_answer(text)
+    except ValueError:
+        return None
+    value = _resolve_pointer(document, pointer)
+    if value is _MISSING:
+        return None
+    try:
+        return ExactAnswer(canonical_json(value))
+    except RecursionError:  # nested deeper than Python recurses: no answer, never a 500
+        return None
+
+
 def extract_answer(text: str, spec: AnswerSpec) -> str | None:
     """The final answer of a completion, or None when it states none in that format."""
     kind = spec.kind
+    if kind == "json":
+        return _json_answer(text, spec.pointer)
     if kind == "boxed":
         return _last_boxed(text)
     if kind == "answer_is":
@@ -235,19 +352,28 @@ def answers_equivalent(a: str, b: str) -> bool:
 @dataclass
 class AnswerGroups:
     """Assigns answers to groups of equivalent answers as they arrive (group id = order of
-    first appearance). math-verify runs only against the representatives of other groups."""
+    first appearance). math-verify runs only against the representatives of other groups.
+    An `ExactAnswer` forms its group with the identical string only."""
 
     _representatives: list[str] = field(default_factory=list)
     _by_key: dict[str, int] = field(default_factory=dict)
+    _by_exact: dict[str, int] = field(default_factory=dict)
 
     def add(self, answer: str | None) -> int | None:
         if answer is None:
             return None
+        if isinstance(answer, ExactAnswer):
+            group = self._by_exact.get(answer)
+            if group is None:
+                self._representatives.append(answer)
+                group = self._by_exact[answer] = len(self._representatives) - 1
+            return group
         key = canonical_answer(answer)
         if key in self._by_key:
             return self._by_key[key]
+        exact = set(self._by_exact.values())
         for group, representative in enumerate(self._representatives):
-            if answers_equivalent(answer, representative):
+            if group not in exact and answers_equivalent(answer, representative):
                 self._by_key[key] = group
                 return group
         self._representatives.append(answer)

@@ -29,6 +29,8 @@ __all__ = [
     "Strategy",
     "StrategyOptions",
     "TokenWatcher",
+    "ToolCall",
+    "ToolChoice",
     "register",
 ]
 
@@ -49,6 +51,22 @@ class Message:
 
     role: Literal["system", "user", "assistant"]
     content: str
+
+
+# How a request offered tools: "auto" (the model may call one or answer in text), "required"
+# (it must call one), "named" (it must call the function the request names).
+ToolChoice = Literal["auto", "required", "named"]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One function call of a sample, as the served model's tool parser read it (the engine
+    layer parses; a strategy only compares, see strategies.tool_votes)."""
+
+    name: str
+    arguments: str  # JSON text as the model wrote it
+    # The parser's own id for the call, when it makes one (e.g. kimi_k2's); never compared.
+    id: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -74,6 +92,13 @@ class Sample:
     # True when the submit's watcher asked to stop this sample: the text is cut off there and
     # finish_reason is WATCHER_STOP ("terminated").
     stopped_by_watcher: bool = False
+    # With tools offered (tool_choice other than "none"): how they were offered, the calls the
+    # tool parser found in the text (none: the sample answered in text), and `content`, the
+    # text outside the calls as the parser left it (None when there is none). Without tools:
+    # None, (), None.
+    tool_choice: ToolChoice | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    content: str | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -143,7 +168,9 @@ class StrategyOptions(BaseModel):
         default="auto",
         max_length=600,
         description="How to extract the final answer: auto, boxed, answer_is, number, choice, "
-        "code, text, or regex:<pattern> (first capturing group of the last match).",
+        "code, text, json (the completion parsed as JSON, compared in canonical form), "
+        "json:<pointer> (one field of it, e.g. json:/answer), or regex:<pattern> (first "
+        "capturing group of the last match).",
     )
     return_candidates: bool = Field(
         default=False, description="Include every sample with its answer and certainty."

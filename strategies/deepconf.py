@@ -58,16 +58,16 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from strategies.answers import AnswerGroups, extract_answer, parse_answer_format
+from strategies.answers import AnswerGroups, parse_answer_format
 from strategies.base import (
     CertaintyMethod,
     Result,
     Sample,
     Sampler,
     Strategy,
-    StrategyOptions,
     register,
 )
+from strategies.tool_votes import ToolVoteOptions, sample_answer
 from strategies.voting import Vote, weighted_vote
 
 __all__ = [
@@ -86,7 +86,7 @@ StoppedBy = Literal["consensus", "max_samples"]
 MIN_WEIGHT = 1e-9
 
 
-class DeepConfOptions(StrategyOptions):
+class DeepConfOptions(ToolVoteOptions):
     """Online DeepConf's options. The defaults are the paper's DeepConf-low, with a budget of
     32 traces instead of its 256."""
 
@@ -254,7 +254,8 @@ class _Ballot:
         self.share = 0.0
 
     def add(self, trace: Sample) -> None:
-        answer = extract_answer(trace.text, self.spec)
+        answer = sample_answer(trace, self.spec, self.options.tool_vote,
+                               self.options.ignore_args).answer
         self.traces.append(trace)
         self.scores.append(_trace_score(trace, self.options.group_window))
         self.answers.append(answer)

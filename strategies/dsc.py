@@ -47,9 +47,10 @@ from dataclasses import dataclass
 
 from pydantic import Field
 
-from strategies.answers import AnswerGroups, extract_answer, parse_answer_format
-from strategies.base import Result, Sample, Sampler, Strategy, StrategyOptions, register
+from strategies.answers import AnswerGroups, parse_answer_format
+from strategies.base import Result, Sample, Sampler, Strategy, register
 from strategies.stop_rules import AdaptiveConsistency, probability_leader_is_best
+from strategies.tool_votes import ToolVoteOptions, sample_answer
 from strategies.voting import majority_vote
 
 __all__ = [
@@ -86,7 +87,7 @@ _MIN_FACTOR, _MAX_FACTOR = 0.5, 1.5
 GroupKey = tuple[str, str]
 
 
-class DscOptions(StrategyOptions):
+class DscOptions(ToolVoteOptions):
     max_samples: int = Field(
         default=40, ge=1, le=64, description="Most samples to draw (40 in Wang et al. 2024)."
     )
@@ -266,7 +267,7 @@ async def run_dsc(sampler: Sampler, options: DscOptions) -> Result:
 
     def add(batch: Sequence[Sample]) -> None:
         for sample in batch:
-            answer = extract_answer(sample.text, spec)
+            answer = sample_answer(sample, spec, options.tool_vote, options.ignore_args).answer
             samples.append(sample)
             answers.append(answer)
             groups.append(book.add(answer))

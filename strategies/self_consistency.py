@@ -6,6 +6,10 @@ same whatever the timing, and the stop point is what replaying the rule on the s
 gives. `lookahead` windows beyond the one being judged are already in flight, at a lower
 priority, so stopping early does not cost latency; whatever is outstanding when the rule is
 satisfied is aborted.
+
+With tools offered, samples vote over their tool calls (strategies.tool_votes, option
+`tool_vote`); the stop rules judge the same keys (with `hierarchical`, the tool-and-arguments
+key, so a window is unanimous only when the whole calls agree).
 """
 
 from __future__ import annotations
@@ -16,15 +20,16 @@ from typing import Literal
 
 from pydantic import Field
 
-from strategies.answers import AnswerGroups, extract_answer, parse_answer_format
-from strategies.base import Result, Sample, Sampler, Strategy, StrategyOptions, register
+from strategies.answers import AnswerGroups, parse_answer_format
+from strategies.base import Result, Sample, Sampler, Strategy, register
 from strategies.stop_rules import (
     AdaptiveConsistency,
     EarlyStoppingConsistency,
     FixedSamples,
     StopRule,
 )
-from strategies.voting import majority_vote
+from strategies.tool_votes import ToolVoteOptions, sample_answer
+from strategies.voting import hierarchical_vote, majority_vote, tally_groups
 
 __all__ = ["SelfConsistencyOptions", "run_self_consistency"]
 
@@ -32,7 +37,7 @@ __all__ = ["SelfConsistencyOptions", "run_self_consistency"]
 SPECULATIVE_PRIORITY = 1
 
 
-class SelfConsistencyOptions(StrategyOptions):
+class SelfConsistencyOptions(ToolVoteOptions):
     max_samples: int = Field(default=16, ge=1, le=64, description="Most samples to draw.")
     stop: Literal["fixed", "esc", "asc"] = Field(
         default="esc",
@@ -75,7 +80,8 @@ async def run_self_consistency(sampler: Sampler, options: SelfConsistencyOptions
     samples: list[Sample] = []
     answers: list[str | None] = []
     groups: list[int | None] = []
-    book = AnswerGroups()
+    tools: list[int | None] = []  # hierarchical tool votes: the tool chosen, stage one
+    book, tool_book = AnswerGroups(), AnswerGroups()
     try:
         while len(samples) < options.max_samples:
             if len(samples) % batch == 0:  # a window was judged: keep the pipeline full
@@ -85,24 +91,33 @@ async def run_self_consistency(sampler: Sampler, options: SelfConsistencyOptions
                     pending.extend(sampler.submit(count, priority=priority))
                     submitted += count
             sample = await pending.popleft()
-            answer = extract_answer(sample.text, spec)
+            answer = sample_answer(sample, spec, options.tool_vote, options.ignore_args)
             samples.append(sample)
-            answers.append(answer)
-            groups.append(book.add(answer))
+            answers.append(answer.answer)
+            groups.append(book.add(answer.answer))
+            tools.append(tool_book.add(answer.tool))
             if rule.settled(groups):
                 break
     finally:
         await sampler.abort_outstanding()
 
-    vote = majority_vote(samples, groups)
+    details: dict[str, object] = {"stop": options.stop}
+    if any(sample.tool_choice is not None for sample in samples):
+        details["tool_vote"] = options.tool_vote
+    if options.tool_vote == "hierarchical" and any(g is not None for g in tools):
+        vote = hierarchical_vote(samples, tools, groups)
+        details["tool_votes"] = {tool_book.representative(g): count
+                                 for g, count in tally_groups(tools).items()}
+    else:
+        vote = majority_vote(samples, groups)
     return Result(
         chosen=samples[vote.winner],
         samples=tuple(samples),
         answers=tuple(answers),
         answer=book.representative(vote.group) if vote.group is not None else None,
-        votes={book.representative(g): count for g, count in vote.tally.items()},
+        votes={book.representative(g): count for g, count in tally_groups(groups).items()},
         stopped_early=len(samples) < options.max_samples,
-        details={"stop": options.stop},
+        details=details,
     )
 
 

@@ -12,7 +12,16 @@ from dataclasses import dataclass
 
 from strategies.base import Sample
 
-__all__ = ["Vote", "argmax_sample", "borda_vote", "majority_vote", "weighted_vote"]
+__all__ = [
+    "Vote",
+    "argmax_sample",
+    "borda_vote",
+    "borda_weights",
+    "hierarchical_vote",
+    "majority_vote",
+    "tally_groups",
+    "weighted_vote",
+]
 
 
 @dataclass(frozen=True)
@@ -70,18 +79,50 @@ def majority_vote(samples: Sequence[Sample], groups: Sequence[int | None]) -> Vo
     return _decide(samples, groups, tally)
 
 
+def borda_weights(samples: Sequence[Sample], power: float) -> list[float]:
+    """Each sample's Borda weight (N − r + 1)^p, r its certainty rank (1 = most certain)."""
+    order = sorted(range(len(samples)), key=lambda i: _certainty_key(samples[i]), reverse=True)
+    n = len(samples)
+    weights = [0.0] * n
+    for rank, i in enumerate(order, start=1):
+        weights[i] = float((n - rank + 1) ** power)
+    return weights
+
+
 def borda_vote(samples: Sequence[Sample], groups: Sequence[int | None], power: float) -> Vote:
     """Borda voting ranked by self-certainty (Kang et al. 2025, §4.2): the sample of rank r
     (r = 1 most certain) gives its answer (N − r + 1)^p; the largest total wins. p = `borda_p`
     (0.5 in the authors' code) moves between majority vote (p = 0) and argmax (p → ∞)."""
-    order = sorted(range(len(samples)), key=lambda i: _certainty_key(samples[i]), reverse=True)
-    n = len(samples)
+    return weighted_vote(samples, groups, borda_weights(samples, power))
+
+
+def tally_groups(
+    groups: Sequence[int | None], weights: Sequence[float] | None = None
+) -> dict[int, float]:
+    """Group → summed weight (a count with no weights); samples without a group are left out."""
     tally: dict[int, float] = {}
-    for rank, i in enumerate(order, start=1):
-        group = groups[i]
+    for i, group in enumerate(groups):
         if group is not None:
-            tally[group] = tally.get(group, 0.0) + (n - rank + 1) ** power
-    return _decide(samples, groups, tally)
+            tally[group] = tally.get(group, 0) + (1 if weights is None else weights[i])
+    return tally
+
+
+def hierarchical_vote(
+    samples: Sequence[Sample], outer: Sequence[int | None], inner: Sequence[int | None],
+    weights: Sequence[float] | None = None,
+) -> Vote:
+    """Two-stage vote (its_hub's hierarchical tool vote): the `outer` group (e.g. which tool)
+    wins by weight among all samples, then the `inner` group (e.g. tool and arguments) among
+    the samples of the winning outer group only. The returned tally is the second stage's."""
+    outer_tally = tally_groups(outer, weights)
+    if not outer_tally:
+        return _decide(samples, inner, tally_groups(inner, weights))
+    first = _decide(samples, outer, outer_tally)
+    within = [g if outer[i] == first.group else None for i, g in enumerate(inner)]
+    second = tally_groups(within, weights)
+    if not second:
+        return Vote(first.winner, None, {})
+    return _decide(samples, within, second)
 
 
 def weighted_vote(

@@ -23,8 +23,6 @@ from tests.unit.fake_sampler import answers
 
 pytestmark = pytest.mark.anyio
 
-TOOL = {"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}
-
 
 @pytest.fixture
 def stub() -> StubEngine:
@@ -109,7 +107,6 @@ UNSUPPORTED_WITH_STRATEGY = [
     pytest.param(CHAT, {"logprobs": True, "top_logprobs": 3}, "logprobs",
                  id="chat-top-logprobs"),
     pytest.param(COMPLETIONS, {"logprobs": 1}, "logprobs", id="completion-logprobs"),
-    pytest.param(CHAT, {"tools": [TOOL]}, "tools", id="tools"),
     pytest.param(CHAT, {"use_beam_search": True}, "use_beam_search", id="beam-search"),
     pytest.param(COMPLETIONS, {"echo": True}, "echo", id="echo"),
     pytest.param(COMPLETIONS, {"suffix": "!"}, "suffix", id="suffix"),

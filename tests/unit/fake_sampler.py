@@ -30,7 +30,15 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from strategies.base import WATCHER_STOP, CertaintyMethod, Message, Sample, TokenWatcher
+from strategies.base import (
+    WATCHER_STOP,
+    CertaintyMethod,
+    Message,
+    Sample,
+    TokenWatcher,
+    ToolCall,
+    ToolChoice,
+)
 
 __all__ = [
     "FakeSampler",
@@ -92,6 +100,11 @@ class Scripted:
     # sample shorter than DeepConf's 2048-token group (server/engine/certainty/summary.py).
     lowest_group_certainty: float | None = None
     raises: BaseException | None = None  # raised instead of finishing, e.g. an engine error
+    # With tools offered: what the engine's tool parser read (Sample.tool_choice, tool_calls,
+    # content); a watcher-cut sample keeps only tool_choice.
+    tool_choice: ToolChoice | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    content: str | None = None
 
     def __post_init__(self) -> None:
         if self.certainty is not None and self.token_certainty:
@@ -133,6 +146,9 @@ class Scripted:
             entropy=self.entropy,
             lowest_group_certainty=self._lowest_group(self.token_certainty),
             token_certainty=self.token_certainty,
+            tool_choice=self.tool_choice,
+            tool_calls=self.tool_calls,
+            content=self.content,
         )
 
     def cut(self, index: int, seen: int) -> Sample:
@@ -150,6 +166,7 @@ class Scripted:
             lowest_group_certainty=self._lowest_group(values),
             token_certainty=values,
             stopped_by_watcher=True,
+            tool_choice=self.tool_choice,
         )
 
     def _lowest_group(self, values: Sequence[float]) -> float | None:
