@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -61,6 +61,10 @@ class Run:
     wall_s: float
     completion_tokens: int
     questions: int
+    # CPU seconds of the server's API process and of its engine processes (core + workers)
+    # during the run; None for the offline engine.
+    api_cpu_s: float | None = None
+    engine_cpu_s: float | None = None
 
     @property
     def tokens_per_s(self) -> float:
@@ -108,6 +112,18 @@ def run_server(base_url: str, texts: list[str], samples: int, max_tokens: int, r
     wall, replies = asyncio.run(_post_all(base_url, bodies))
     tokens = sum(r["usage"]["completion_tokens"] for r in replies)
     return Run(NAIVE if naive else REFINERY, rnd, wall, tokens, len(texts)), replies
+
+
+def cpu_seconds(server_pid: int) -> tuple[float, float]:
+    """(CPU seconds so far of the API process, of all its engine processes)."""
+    import psutil
+
+    def used(process: psutil.Process) -> float:
+        times = process.cpu_times()
+        return times.user + times.system
+
+    api = psutil.Process(server_pid)
+    return used(api), sum(used(child) for child in api.children(recursive=True))
 
 
 def computed_prompt_tokens(base_url: str) -> tuple[float, float]:
@@ -183,9 +199,12 @@ def main(argv: Sequence[str]) -> int:
                     runs.append(run_offline(llm, texts, args.samples, args.max_tokens, rnd))
                 else:
                     asked_before, hits_before = computed_prompt_tokens(base)
+                    api_before, engine_before = cpu_seconds(server.pid)
                     run, _ = run_server(base, texts, args.samples, args.max_tokens, rnd,
                                         naive=name == NAIVE)
-                    runs.append(run)
+                    api_after, engine_after = cpu_seconds(server.pid)
+                    runs.append(replace(run, api_cpu_s=api_after - api_before,
+                                        engine_cpu_s=engine_after - engine_before))
                     asked, hits = computed_prompt_tokens(base)
                     if name == REFINERY:
                         computed = (asked - asked_before) - (hits - hits_before)
@@ -206,8 +225,12 @@ def main(argv: Sequence[str]) -> int:
         / next(r for r in runs if r.contender == NAIVE and r.round == n).questions_per_s
         for n in range(1, args.rounds + 1))
     _plot(runs, args.out_png)
+    def seconds(value: float | None) -> str:
+        return "" if value is None else f"{value:.1f}"
+
     rows = "\n".join(f"| {r.round} | {r.contender} | {r.tokens_per_s:.0f} | "
-                     f"{r.questions_per_s:.2f} | {r.wall_s:.1f} |" for r in runs)
+                     f"{r.questions_per_s:.2f} | {r.wall_s:.1f} | {seconds(r.api_cpu_s)} | "
+                     f"{seconds(r.engine_cpu_s)} |" for r in runs)
     print(f"""
 ### Self-consistency N={args.samples}: Refinery vs one offline vLLM batch vs naive calls
 
@@ -220,8 +243,8 @@ def main(argv: Sequence[str]) -> int:
   each, {args.max_tokens} tokens per sample (`ignore_eos`), temperature 0.8; {args.rounds}
   rounds, order rotated per round
 
-| round | contender | output tok/s | questions/s | wall s |
-|---|---|---|---|---|
+| round | contender | output tok/s | questions/s | wall s | API process CPU s | engine CPU s |
+|---|---|---|---|---|---|---|
 {rows}
 
 | median over rounds | target | measured |

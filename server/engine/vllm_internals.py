@@ -84,6 +84,8 @@ CERTAINTY_HOOKS = Reliance(
            ("cls", "tokenizer", "request")),
     Hooked("vllm.v1.engine.logprobs", "LogprobsProcessor._update_sample_logprobs",
            ("self", "logprobs_lists")),
+    # Its entries' text is decoded only when it has a tokenizer (skipped for our sub-requests).
+    Hooked("vllm.v1.engine.logprobs", "LogprobsProcessor", fields=("tokenizer",)),
     Hooked("vllm.v1.engine.output_processor", "RequestState._new_completion_output",
            ("self", "token_ids", "finish_reason", "stop_reason")),
     ),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 
 import httpx
 import openai
@@ -11,7 +12,7 @@ import pytest
 from openai import OpenAI
 
 from tests.e2e.disconnects import assert_a_disconnect_aborts_every_sub_request
-from tests.e2e.prometheus import metric_value, wait_for_metric
+from tests.e2e.prometheus import metric_value, scrape, wait_for_metric
 from tests.servers import ServerProcess
 
 QUESTION = [{"role": "user", "content": "What is 2 + 3? Give only the final answer."}]
@@ -221,8 +222,40 @@ def test_samples_share_one_prompt_prefill(server: ServerProcess, client: OpenAI)
     prompt = reply.usage.prompt_tokens
     assert prompt > 600
     reused = metric_value(server.base_url, hits) - before
-    block = 128  # vLLM-CPU's default KV block size
+    block = kv_block_size(server.base_url)
     assert reused >= 7 * (prompt // block) * block, (reused, prompt)
+
+
+def kv_block_size(base_url: str) -> int:
+    """The engine's KV block size, as vLLM reports it in `vllm:cache_config_info`."""
+    labels = next(labels for (name, labels) in scrape(base_url)
+                  if name == "vllm:cache_config_info")
+    return int(dict(labels)["block_size"])
+
+
+def test_a_short_prompt_is_prefilled_once_not_once_per_sample(
+    server: ServerProcess, client: OpenAI
+) -> None:
+    """A prompt shorter than vLLM-CPU's own default block (128 tokens) was prefilled once per
+    sample: prefix caching reuses full blocks only. Refinery's default block size on CPU makes
+    every sample after the first recompute only the prompt's last, partial block; the engine's
+    own counters (queried − cache hits) show what was computed."""
+    samples = 8
+    queries, hits = "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"
+    before = metric_value(server.base_url, queries) - metric_value(server.base_url, hits)
+    reply = client.chat.completions.create(
+        model="smollm2", temperature=0.8, max_tokens=2, seed=3,
+        messages=[{"role": "user", "content": f"{uuid.uuid4().hex}: name three colours."}],
+        extra_body={"strategy": {"name": "self_consistency", "stop": "fixed",
+                                 "max_samples": samples}},
+    )
+    computed = metric_value(server.base_url, queries) - metric_value(server.base_url, hits)
+    computed -= before
+    prompt, block = reply.usage.prompt_tokens, kv_block_size(server.base_url)
+    assert prompt < 128, prompt
+    assert prompt >= block, (prompt, block)  # at least one full block to share
+    assert computed < samples * prompt, (computed, prompt)
+    assert computed <= prompt + (samples - 1) * (prompt % block), (computed, prompt, block)
 
 
 def test_strategy_metrics(server: ServerProcess, client: OpenAI) -> None:

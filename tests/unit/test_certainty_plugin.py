@@ -163,3 +163,69 @@ def test_summary_of_a_sample() -> None:
     assert (summary.certainty, summary.entropy, summary.lowest_group_certainty) == (3.0, 2.0, 2.0)
     assert summarise([]) is None
     assert summarise([1.0]).entropy is None
+
+
+class _CountingTokenizer:
+    """Decodes a token id as its decimal text, counting the calls."""
+
+    def __init__(self) -> None:
+        self.decodes = 0
+
+    def decode(self, token_ids: list[int], **_: object) -> str:
+        self.decodes += 1
+        return str(token_ids[0])
+
+    def convert_ids_to_tokens(self, token_ids: list[int]) -> list[str]:
+        return [str(t) for t in token_ids]
+
+
+def _processor(tokenizer: _CountingTokenizer, extra_args: dict[str, int]):
+    from types import SimpleNamespace
+
+    from vllm.sampling_params import SamplingParams
+    from vllm.v1.engine.logprobs import LogprobsProcessor
+
+    from server.engine.certainty.frontend_hooks import install_frontend_hooks
+
+    install_frontend_hooks()
+    params = SamplingParams(logprobs=0, flat_logprobs=True, extra_args=extra_args)
+    return LogprobsProcessor.from_new_request(tokenizer, SimpleNamespace(sampling_params=params))
+
+
+@pytest.mark.parametrize("text_wanted", [True, False])
+def test_sub_requests_that_read_no_logprob_text_skip_decoding_it(text_wanted: bool) -> None:
+    """Refinery's own sub-requests carry the statistics on the sampled token's logprob and never
+    read its text: vLLM must not decode each sampled token a second time for them. A request
+    without the flag (a user's plain request asking for certainty) keeps vLLM's entries."""
+    from server.engine.certainty import CERTAINTY_EXTRA_ARG, LOGPROB_TEXT_EXTRA_ARG
+
+    extra = {CERTAINTY_EXTRA_ARG: 1, **({} if text_wanted else {LOGPROB_TEXT_EXTRA_ARG: 0})}
+    tokenizer = _CountingTokenizer()
+    processor = _processor(tokenizer, extra)
+    statistics = torch.tensor([[0.5, 1.5], [0.25, 2.5]])
+    sampled = _sampled_logprobs([[7], [9]], [[-0.1], [-0.2]])
+    processor._update_sample_logprobs(append_statistics(sampled, statistics).tolists())
+    assert processor.cumulative_logprob == pytest.approx(-0.3)
+    assert _statistics_on(processor) == ([0.5, 0.25], [1.5, 2.5])
+    assert processor.tokenizer is tokenizer  # given back after the update
+    entries = list(processor.logprobs)
+    assert [list(e) for e in entries] == [[7], [9]]
+    decoded = [e[t].decoded_token for e, t in zip(entries, (7, 9), strict=True)]
+    if text_wanted:
+        assert decoded == ["7", "9"] and tokenizer.decodes >= 2
+    else:
+        assert decoded == [None, None] and tokenizer.decodes == 0
+
+
+def _sampled_logprobs(ids: list[list[int]], values: list[list[float]]):
+    from vllm.v1.outputs import LogprobsTensors
+
+    return LogprobsTensors(torch.tensor(ids), torch.tensor(values),
+                           torch.zeros(len(ids), dtype=torch.int64))
+
+
+def _statistics_on(processor: object) -> tuple[list[float], list[float]]:
+    from server.engine.certainty.frontend_hooks import _ATTRIBUTE
+
+    sink = getattr(processor, _ATTRIBUTE)
+    return sink.certainty, sink.entropy

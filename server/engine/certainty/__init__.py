@@ -18,6 +18,7 @@ import logging
 
 from server.engine.certainty.frontend_hooks import (
     CERTAINTY_EXTRA_ARG,
+    LOGPROB_TEXT_EXTRA_ARG,
     TokenStatistics,
     statistics_of,
 )
@@ -25,6 +26,7 @@ from server.engine.certainty.frontend_hooks import (
 __all__ = [
     "CERTAINTY_EXTRA_ARG",
     "CERTAINTY_VARIABLE",
+    "LOGPROB_TEXT_EXTRA_ARG",
     "TokenStatistics",
     "active",
     "enabled",

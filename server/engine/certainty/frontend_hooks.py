@@ -8,6 +8,12 @@ request's `LogprobsProcessor` when its sampling params ask for them (`extra_args
 `{"refinery_certainty": 1}`, also reachable as `vllm_xargs` in an OpenAI request), and
 `RequestState._new_completion_output` attaches that list to every `CompletionOutput`.
 
+A request that reads no logprob entries (Refinery's own strategy sub-requests, which ask for
+`logprobs=0` only to carry the statistics) also sets `{"refinery_logprob_text": 0}`: vLLM would
+otherwise decode every sampled token a second time, non-incrementally, for the text of its
+logprob entry -- measured as the largest part of the front end's per-token work for a strategy
+(docs/benchmarks.md, "Self-consistency N=8"). The entries are still built, with no text.
+
 The list is shared, not copied per output: vLLM merges queued DELTA outputs of one request
 into the first one (`RequestOutput.add`), which would drop a per-delta attribute, while a
 shared list always holds the values of every token delivered so far.
@@ -22,11 +28,20 @@ from typing import Any
 
 from server.engine.certainty.reductions import STATISTICS_TAG
 
-__all__ = ["CERTAINTY_EXTRA_ARG", "TokenStatistics", "install_frontend_hooks", "statistics_of"]
+__all__ = [
+    "CERTAINTY_EXTRA_ARG",
+    "LOGPROB_TEXT_EXTRA_ARG",
+    "TokenStatistics",
+    "install_frontend_hooks",
+    "statistics_of",
+]
 
 # The `SamplingParams.extra_args` key a request sets to receive the statistics.
 CERTAINTY_EXTRA_ARG = "refinery_certainty"
 _ATTRIBUTE = "refinery_token_statistics"
+# The `SamplingParams.extra_args` key that, set to 0, leaves logprob entries without text.
+LOGPROB_TEXT_EXTRA_ARG = "refinery_logprob_text"
+_NO_TEXT = "refinery_no_logprob_text"
 
 
 @dataclass
@@ -50,6 +65,11 @@ def _asks(sampling_params: Any) -> bool:
     return bool(extra.get(CERTAINTY_EXTRA_ARG))
 
 
+def _skips_text(sampling_params: Any) -> bool:
+    extra = getattr(sampling_params, "extra_args", None) or {}
+    return extra.get(LOGPROB_TEXT_EXTRA_ARG, 1) == 0
+
+
 def _split(logprobs_lists: Any) -> tuple[Any, Any | None]:
     """(logprobs without the tagged columns, the [tokens, 2] statistics or None)."""
     ids = logprobs_lists.logprob_token_ids
@@ -66,6 +86,8 @@ def _wrap_from_new_request(create: Callable[..., Any]) -> classmethod:
         processor = create(cls, tokenizer, request)
         if _asks(request.sampling_params):
             setattr(processor, _ATTRIBUTE, TokenStatistics())
+        if _skips_text(request.sampling_params):
+            setattr(processor, _NO_TEXT, True)
         return processor
 
     from_new_request.__refinery_hook__ = True
@@ -80,7 +102,14 @@ def _wrap_update(update: Callable[..., Any]) -> Callable[..., Any]:
         if statistics is not None and sink is not None:
             sink.certainty.extend(statistics[:, 0].tolist())
             sink.entropy.extend(statistics[:, 1].tolist())
-        return update(self, logprobs_lists)
+        if not getattr(self, _NO_TEXT, False):
+            return update(self, logprobs_lists)
+        # vLLM decodes the entries' text only when the processor has a tokenizer.
+        tokenizer, self.tokenizer = self.tokenizer, None
+        try:
+            return update(self, logprobs_lists)
+        finally:
+            self.tokenizer = tokenizer
 
     update_sample_logprobs.__refinery_hook__ = True
     return update_sample_logprobs
