@@ -13,14 +13,19 @@ from argparse import Namespace
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
+from server.admission import AdmissionControl, engine_limits
 from server.api import chat, completions, health, metrics, models, strategies
+from server.api.dependencies import require_metrics_key
 from server.api.error_responses import install_error_handlers
-from server.api.middleware import RequestContextMiddleware
-from server.embedded_model import ensure_embedded_model
+from server.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from server.api.openapi_schema import install_openapi
+from server.api_keys import ApiKeys
+from server.builtin_models import builtin_model
 from server.engine.vllm import VllmEngine
 from server.lifecycle import Lifecycle
+from server.model_cache import ensure_converted
 from server.settings import DEFAULT_SERVED_MODEL_NAME, Settings
 
 __all__ = ["create_app"]
@@ -33,14 +38,19 @@ _ENGINE_WATCH_INTERVAL_S = 1.0
 async def _load_engine(app: FastAPI, settings: Settings, engine_args: Namespace) -> None:
     lifecycle: Lifecycle = app.state.lifecycle
     try:
-        if engine_args.model is None:
-            folder = await asyncio.to_thread(ensure_embedded_model, settings.cache_dir)
+        builtin = builtin_model(engine_args.model)
+        if builtin is not None:  # no MODEL (the embedded one) or a built-in name
+            name = engine_args.model or DEFAULT_SERVED_MODEL_NAME
+            folder = await asyncio.to_thread(ensure_converted, builtin, settings.cache_dir)
             engine_args.model = str(folder)
             engine_args.tokenizer = engine_args.tokenizer or str(folder)
             if not engine_args.served_model_name:
-                engine_args.served_model_name = [DEFAULT_SERVED_MODEL_NAME]
+                engine_args.served_model_name = [name]
         logger.info("loading model %s", engine_args.model)
         app.state.engine = await VllmEngine.start(engine_args)
+        admission: AdmissionControl = app.state.admission
+        admission.configure(engine_limits(app.state.engine.async_llm.vllm_config))
+        logger.info("admitting up to %d outstanding engine sequences", admission.capacity)
     except asyncio.CancelledError:
         raise
     except BaseException as exc:
@@ -68,7 +78,12 @@ def create_app(settings: Settings, engine_args: Namespace) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loader = asyncio.create_task(_load_engine(app, settings, engine_args))
+        if settings.backend:  # gateway mode: no local engine (server.backend)
+            from server.backend.remote_engine import run_gateway
+
+            loader = asyncio.create_task(run_gateway(app, settings))
+        else:
+            loader = asyncio.create_task(_load_engine(app, settings, engine_args))
         try:
             yield
         finally:
@@ -87,9 +102,15 @@ def create_app(settings: Settings, engine_args: Namespace) -> FastAPI:
     app.state.settings = settings
     app.state.lifecycle = Lifecycle(drain_timeout=settings.drain_timeout)
     app.state.engine = None
+    app.state.admission = AdmissionControl(bound=settings.max_outstanding_sequences,
+                                           queue_factor=settings.queue_factor)
+    app.state.api_keys = ApiKeys(settings.api_keys, settings.api_keys_file)
 
-    for module in (health, metrics, models, strategies, chat, completions):
+    for module in (health, models, strategies, chat, completions):
         app.include_router(module.router)
+    app.include_router(metrics.router, dependencies=[Depends(require_metrics_key)])
     install_error_handlers(app)
+    install_openapi(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, lifecycle=app.state.lifecycle)
     return app

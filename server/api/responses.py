@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncGenerator, Iterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,8 +28,9 @@ from vllm.entrypoints.openai.completion.protocol import (
 )
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse, UsageInfo
 
-from server.api.error_responses import from_vllm_error
+from server.api.error_responses import ClassifiedError, classify, from_vllm_error
 from server.api.strategy_selection import ResolvedStrategy
+from server.api.tool_call_messages import tool_message
 from server.engine.vllm_sampler import SamplerUsage
 from strategies import Result
 from strategies.base import CertaintyMethod
@@ -48,10 +50,43 @@ def render_serving_result(result: ErrorResponse | AsyncGenerator[str, None] | An
     The JSON body is `model_dump()`, exactly as `vllm serve` renders it, so shapes match.
     """
     if isinstance(result, ErrorResponse):
-        return from_vllm_error(result).response()
+        return _from_vllm(result).response()
     if isinstance(result, AsyncGenerator):
-        return StreamingResponse(result, media_type="text/event-stream")
+        return StreamingResponse(_openai_error_events(result), media_type="text/event-stream")
     return JSONResponse(content=result.model_dump())
+
+
+def _from_vllm(error: ErrorResponse) -> ClassifiedError:
+    """A vLLM `ErrorResponse` classified as if its exception had been raised to us: vLLM
+    renders a dead engine core as a 500 whose message is EngineDeadError's, which is a 503
+    here (`classify`), as every other path answers it."""
+    from vllm.entrypoints.serve.exception_handling.utils import sanitize_message
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    dead = EngineDeadError()
+    if error.error.code >= 500 and error.error.message == sanitize_message(str(dead)):
+        return classify(dead)
+    return from_vllm_error(error)
+
+
+_VLLM_ERROR_EVENT = 'data: {"error"'
+
+
+async def _openai_error_events(stream: AsyncGenerator[str, None]) -> AsyncGenerator[str, None]:
+    """vLLM's SSE stream as it is, except its error events (a failure after the 200, e.g.
+    the engine dying mid-stream), which are re-classified into OpenAI's vocabulary. Closing
+    or cancelling this closes vLLM's generator, which aborts the engine request."""
+    async with aclosing(stream):
+        async for event in stream:
+            if event.startswith(_VLLM_ERROR_EVENT):
+                try:
+                    error = ErrorResponse.model_validate_json(
+                        event.removeprefix("data: ").strip())
+                except ValueError:
+                    pass
+                else:
+                    event = _from_vllm(error).sse_event()
+            yield event
 
 
 @dataclass(frozen=True)
@@ -123,10 +158,13 @@ def strategy_body(outcome: StrategyOutcome) -> dict[str, Any]:
               "usage": _usage(outcome)}
     response: ChatCompletionResponse | CompletionResponse
     if outcome.kind == "chat":
+        tools = tool_message(chosen)  # with tools offered: vLLM's message with the calls
         response = ChatCompletionResponse(
             choices=[ChatCompletionResponseChoice(
-                index=0, message=ChatMessage(role="assistant", content=chosen.text),
-                finish_reason=chosen.finish_reason, stop_reason=chosen.stop_reason,
+                index=0, message=tools.message if tools else ChatMessage(role="assistant",
+                                                                         content=chosen.text),
+                finish_reason=tools.finish_reason if tools else chosen.finish_reason,
+                stop_reason=chosen.stop_reason,
             )],
             **common,
         )
@@ -146,13 +184,15 @@ _PIECES = re.compile(r"\s*\S+|\s+")
 
 
 def _chunk(outcome: StrategyOutcome, text: str | None, *, role: bool = False,
-           finish: bool = False) -> BaseModel:
+           finish: bool = False, delta: DeltaMessage | None = None) -> BaseModel:
     chosen = outcome.result.chosen
     common = {"id": outcome.response_id, "created": outcome.created, "model": outcome.model}
     finish_reason = chosen.finish_reason if finish else None
     stop_reason = chosen.stop_reason if finish else None
     if outcome.kind == "chat":
-        delta = DeltaMessage(role="assistant", content="") if role else DeltaMessage(content=text)
+        if delta is None:
+            delta = (DeltaMessage(role="assistant", content="") if role
+                     else DeltaMessage(content=text))
         return ChatCompletionStreamResponse(
             object="chat.completion.chunk",
             choices=[ChatCompletionResponseStreamChoice(
@@ -174,12 +214,18 @@ def strategy_stream_events(outcome: StrategyOutcome, include_usage: bool) -> Ite
         data = chunk.model_dump(exclude_unset=True) | extra
         return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
+    chosen = outcome.result.chosen
+    tools = tool_message(chosen) if outcome.kind == "chat" else None
     if outcome.kind == "chat":
         yield event(_chunk(outcome, None, role=True))
-    for piece in _PIECES.findall(outcome.result.chosen.text):
+    for piece in _PIECES.findall(chosen.text if tools is None else tools.message.content or ""):
         yield event(_chunk(outcome, piece))
-    yield event(_chunk(outcome, "" if outcome.kind == "completion" else None, finish=True),
-                strategy=strategy_info(outcome))
+    for delta in tools.deltas() if tools is not None else ():
+        yield event(_chunk(outcome, None, delta=delta))
+    final = _chunk(outcome, "" if outcome.kind == "completion" else None, finish=True)
+    if tools is not None:
+        final.choices[0].finish_reason = tools.finish_reason  # type: ignore[attr-defined]
+    yield event(final, strategy=strategy_info(outcome))
     if include_usage:
         usage_chunk = _chunk(outcome, None)
         usage_chunk.choices = []

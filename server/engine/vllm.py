@@ -54,6 +54,8 @@ class OpenedSampler:
     model: str  # the served model name, for the response
     temperature: float  # the request's effective temperature (server defaults applied)
     progress: asyncio.Queue[str] | None = None  # the strategy's progress notes, one line each
+    # True when the samples carry their tool calls (server.engine.tool_call_parsing).
+    reads_tool_calls: bool = False
 
 
 class VllmEngine:
@@ -128,19 +130,24 @@ class VllmEngine:
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
         from server.engine.prompt_rendering import prompt_renderer, request_sampling_params
+        from server.engine.tool_call_parsing import tool_call_reader
 
         is_chat = isinstance(request, ChatCompletionRequest)
         serving = self.chat if is_chat else self.completion
         render = prompt_renderer(serving, request)
         prompt = await render(())
+        # After rendering: vLLM's rendering forces "required"/named tool calls into its JSON
+        # shape (structured outputs on the request), which the sampling parameters then carry.
         params = request_sampling_params(serving, request, prompt)
         self.async_llm.check_admission(slots)
         model = serving.models.model_name()
+        reader = tool_call_reader(self.chat, request, prompt.engine_input) if is_chat else None
         sampler = VllmSampler(self.async_llm, render, prompt, params, request_id,
                               family=request_family(model, request),
-                              certainty_source=certainty_source)
+                              certainty_source=certainty_source, read_tool_calls=reader)
         return OpenedSampler(sampler, sampler.usage, "chat" if is_chat else "completion",
-                             model, params.temperature, sampler.progress)
+                             model, params.temperature, sampler.progress,
+                             reads_tool_calls=reader is not None)
 
     @property
     def alive(self) -> bool:

@@ -117,10 +117,12 @@ class VllmSampler:
         *,
         family: str = "",
         certainty_source: CertaintyMethod | None = None,
+        read_tool_calls: Callable[[Sample], Sample] | None = None,
     ) -> None:
         """`prompt` is the request's own conversation, already rendered (and checked); `params`
         are the request's sampling parameters for it. `certainty_source="topk"` asks for the
-        top-20 estimate even where the exact plugin runs."""
+        top-20 estimate even where the exact plugin runs. `read_tool_calls` fills each finished
+        sample's tool calls (server.engine.tool_call_parsing) when the request offers tools."""
         from vllm.sampling_params import RequestOutputKind
 
         self._engine = engine
@@ -130,13 +132,16 @@ class VllmSampler:
         self._exact = certainty.active() and certainty_source != "topk"
         self.certainty_method: CertaintyMethod = "exact" if self._exact else "topk"
         self.family = family
+        self._read_tool_calls = read_tool_calls
         template = params.clone()
         template.n = 1
         template.flat_logprobs = True
         if self._exact:
             template.logprobs = 0
+            # The statistics ride on the sampled token's logprob; its text is never read.
             template.extra_args = {**(template.extra_args or {}),
-                                   certainty.CERTAINTY_EXTRA_ARG: 1}
+                                   certainty.CERTAINTY_EXTRA_ARG: 1,
+                                   certainty.LOGPROB_TEXT_EXTRA_ARG: 0}
         else:
             template.logprobs = TOPK_CERTAINTY
         # Deltas: tokens are counted as they come, so an aborted sample's tokens are counted too.
@@ -272,7 +277,7 @@ class VllmSampler:
         else:
             per_token = topk
             summary = summarise(topk)
-        return Sample(
+        sample = Sample(
             index=index,
             text="".join(text_parts),
             token_ids=tuple(token_ids),
@@ -285,6 +290,7 @@ class VllmSampler:
             stop_reason=stop_reason,
             stopped_by_watcher=stopped,
         )
+        return self._read_tool_calls(sample) if self._read_tool_calls is not None else sample
 
     def report_progress(self, text: str) -> None:
         self.progress.put_nowait(" ".join(text.split()))  # one line, whatever it was given

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 import pytest
 
-from server.cli import apply_engine_defaults, cpu_kv_cache_default_gib, main, resolve_serve_args
+from server.cli import (
+    CPU_BLOCK_SIZE,
+    apply_engine_defaults,
+    cpu_kv_cache_default_gib,
+    main,
+    resolve_serve_args,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -65,7 +72,7 @@ def _namespace(**overrides: object) -> argparse.Namespace:
     return argparse.Namespace(
         **{"enable_prefix_caching": None, "enable_chunked_prefill": None,
            "scheduling_policy": None, "kv_cache_memory_bytes": None, "enforce_eager": None,
-           **overrides}
+           "block_size": None, **overrides}
     )
 
 
@@ -78,14 +85,16 @@ def test_cpu_defaults_prefix_caching_on_chunked_prefill_off_no_reserved_core(
     assert args.enable_chunked_prefill is False
     assert args.scheduling_policy == "priority"
     assert args.enforce_eager is True
+    assert args.block_size == CPU_BLOCK_SIZE == 32
     assert os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
 
 
 def test_user_choices_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", "1")
     args = _namespace(enable_prefix_caching=False, enable_chunked_prefill=True,
-                      scheduling_policy="fcfs", enforce_eager=False)
+                      scheduling_policy="fcfs", enforce_eager=False, block_size=128)
     apply_engine_defaults(args, on_cpu=True)
+    assert args.block_size == 128
     assert args.enforce_eager is False
     assert args.enable_prefix_caching is False
     assert args.enable_chunked_prefill is True
@@ -119,6 +128,7 @@ def test_gpu_keeps_vllm_chunked_prefill_default() -> None:
     assert args.enable_prefix_caching is True
     assert args.enable_chunked_prefill is None
     assert args.enforce_eager is False
+    assert args.block_size is None  # vLLM's GPU default (16) stays
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -133,3 +143,33 @@ def test_unknown_command_is_a_usage_error() -> None:
     with pytest.raises(SystemExit) as exc:
         main(["frobnicate"])
     assert exc.value.code == 2
+
+
+def test_kserve_default_serve_arguments_parse() -> None:
+    """KServe's LLMInferenceService template runs `vllm serve /mnt/models --served-model-name
+    NAME publishers/NS/models/NAME --port 8000` plus vLLM flags: `refinery serve` takes them."""
+    settings, args = resolve_serve_args([
+        "/mnt/models", "--served-model-name", "qwen", "publishers/llm/models/qwen",
+        "--port", "8000", "--disable-access-log-for-endpoints", "/health,/metrics,/ping",
+        "--shutdown-timeout", "15",
+    ])
+    assert (settings.model, settings.port, settings.served_model_name) == (
+        "/mnt/models", 8000, "qwen")
+    assert args.model == "/mnt/models" and args.port == 8000
+    assert args.served_model_name == ["qwen", "publishers/llm/models/qwen"]
+
+
+def test_admission_and_security_flags_become_settings(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("k1\n")
+    settings, _ = resolve_serve_args([
+        "--max-outstanding-sequences", "32", "--queue-factor", "1.5", "--request-timeout", "90",
+        "--api-keys-file", str(keys), "--metrics-auth",
+    ])
+    assert settings.max_outstanding_sequences == 32
+    assert settings.queue_factor == 1.5
+    assert settings.request_timeout == 90
+    assert settings.api_keys_file == keys
+    assert settings.metrics_auth is True
+    settings, _ = resolve_serve_args([])
+    assert settings.metrics_auth is False and settings.max_outstanding_sequences is None

@@ -55,3 +55,27 @@ def test_out_of_range_values_are_refused(
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError):
         Settings()
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("REFINERY_MAX_OUTSTANDING_SEQUENCES", "0"), ("REFINERY_QUEUE_FACTOR", "0"),
+    ("REFINERY_MAX_STRATEGY_TOKENS", "0"), ("REFINERY_REQUEST_TIMEOUT", "0"),
+    ("REFINERY_MAX_BODY_BYTES", "100"), ("REFINERY_MAX_MESSAGES", "0"),
+])
+def test_admission_and_cap_settings_refuse_out_of_range_values(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_admission_and_cap_defaults() -> None:
+    settings = Settings()
+    assert settings.max_outstanding_sequences is None  # derived from the engine's max_num_seqs
+    assert settings.queue_factor == 2.0
+    assert settings.request_timeout == 600
+    assert settings.max_body_bytes == 32 * 2**20
+    assert settings.max_messages == 2048
+    assert settings.max_strategy_tokens == 2**20
+    assert settings.metrics_auth is False and settings.api_keys_file is None
