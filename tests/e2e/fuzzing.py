@@ -80,11 +80,12 @@ def bound_body(body: Any, mode: GenerationMode, served_model: str) -> Any:
     strategy = body.get("strategy")
     if isinstance(strategy, dict):
         _capped(strategy, ("critic_max_tokens",), _CRITIC_TOKENS)
+    # An absent max_tokens means "the rest of the context": 8k tokens on the tiny model. Also
+    # in negative mode: a "negative" case (e.g. only unknown extra keys) may still be valid.
+    if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+        body["max_tokens"] = MAX_TOKENS
     if mode is GenerationMode.POSITIVE:
         body["model"] = served_model
-        # An absent max_tokens means "the rest of the context": 8k tokens on the tiny model.
-        if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
-            body["max_tokens"] = MAX_TOKENS
         # vLLM's schema lets `prompt` be null and `messages` empty (it checks later, with a
         # 400): a prompt lets the rest of a positive case reach the engine.
         if "messages" in body:
