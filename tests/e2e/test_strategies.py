@@ -245,7 +245,8 @@ def test_a_short_prompt_is_prefilled_once_not_once_per_sample(
     before = metric_value(server.base_url, queries) - metric_value(server.base_url, hits)
     reply = client.chat.completions.create(
         model="smollm2", temperature=0.8, max_tokens=2, seed=3,
-        messages=[{"role": "user", "content": f"{uuid.uuid4().hex}: name three colours."}],
+        messages=[{"role": "user", "content": f"{uuid.uuid4().hex}: name three colours of "
+                   "the rainbow, then say which one you like best and why, in one sentence."}],
         extra_body={"strategy": {"name": "self_consistency", "stop": "fixed",
                                  "max_samples": samples}},
     )

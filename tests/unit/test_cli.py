@@ -85,7 +85,7 @@ def test_cpu_defaults_prefix_caching_on_chunked_prefill_off_no_reserved_core(
     assert args.enable_chunked_prefill is False
     assert args.scheduling_policy == "priority"
     assert args.enforce_eager is True
-    assert args.block_size == CPU_BLOCK_SIZE == 32
+    assert args.block_size == CPU_BLOCK_SIZE == 64
     assert os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
 
 
