@@ -17,6 +17,15 @@ from tests.api.asgi_client import AppFactory, client_for
 from tests.api.stub_engine import StubEngine
 
 
+@pytest.fixture(autouse=True)
+def no_dsc_history() -> None:
+    """DSC remembers earlier requests of a family (a process-wide LRU): each test starts with
+    none, so a scripted test never depends on what an earlier one (or a fuzz example) left."""
+    from strategies import dsc
+
+    dsc.GROUPS.clear()
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"  # FakeSampler runs its samples as asyncio tasks
