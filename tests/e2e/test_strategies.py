@@ -12,7 +12,7 @@ import pytest
 from openai import OpenAI
 
 from tests.e2e.disconnects import assert_a_disconnect_aborts_every_sub_request
-from tests.e2e.prometheus import metric_value, scrape, wait_for_metric
+from tests.e2e.prometheus import kv_block_size, metric_value, wait_for_metric
 from tests.servers import ServerProcess
 
 QUESTION = [{"role": "user", "content": "What is 2 + 3? Give only the final answer."}]
@@ -224,13 +224,6 @@ def test_samples_share_one_prompt_prefill(server: ServerProcess, client: OpenAI)
     reused = metric_value(server.base_url, hits) - before
     block = kv_block_size(server.base_url)
     assert reused >= 7 * (prompt // block) * block, (reused, prompt)
-
-
-def kv_block_size(base_url: str) -> int:
-    """The engine's KV block size, as vLLM reports it in `vllm:cache_config_info`."""
-    labels = next(labels for (name, labels) in scrape(base_url)
-                  if name == "vllm:cache_config_info")
-    return int(dict(labels)["block_size"])
 
 
 def test_a_short_prompt_is_prefilled_once_not_once_per_sample(
