@@ -22,6 +22,7 @@ __all__ = [
     "REGISTRY",
     "WATCHER_STOP",
     "CertaintyMethod",
+    "CertaintySource",
     "Message",
     "Result",
     "Sample",
@@ -35,6 +36,10 @@ __all__ = [
 ]
 
 CertaintyMethod = Literal["exact", "topk"]
+# What a strategy asks its samples to carry beyond the exact-when-available default (None):
+# "topk" the top-20 logprob estimate even where the exact plugin runs; "none" no certainty and
+# no logprobs at all, so the engine skips its per-token vocabulary-wide work.
+CertaintySource = Literal["topk", "none"]
 
 # The finish_reason of a sample its watcher stopped (DeepConf's "terminated" trace).
 WATCHER_STOP = "terminated"
@@ -121,7 +126,8 @@ class Sampler(Protocol):
     the request's usage counts each distinct prompt once.
     """
 
-    certainty_method: CertaintyMethod  # how Sample.certainty was computed
+    # How Sample.certainty was computed; None when the strategy asked for none ("none").
+    certainty_method: CertaintyMethod | None
     # The served model and the request's system prompt, hashed: requests of one family can
     # share statistics across requests (DSC's recent stopping sizes).
     family: str
@@ -200,10 +206,12 @@ class StrategyOptions(BaseModel):
         the server caps it."""
         return 0
 
-    def certainty_source(self) -> CertaintyMethod | None:
-        """Which token certainty the samples must carry: "topk" asks for the top-20 logprob
-        estimate even where the exact plugin runs; None (default) takes the exact value when
-        the engine has it."""
+    def certainty_source(self) -> CertaintySource | None:
+        """Which token certainty the samples must carry: None (default) the exact value when
+        the engine has it, else the top-20 estimate; "topk" the estimate even where the exact
+        plugin runs; "none" nothing — `Sample.certainty`, `token_certainty` and
+        `cumulative_logprob` stay empty and the engine computes no logprobs, which is what
+        makes a strategy that only votes cost no more than plain calls."""
         return None
 
 

@@ -10,6 +10,12 @@ satisfied is aborted.
 With tools offered, samples vote over their tool calls (strategies.tool_votes, option
 `tool_vote`); the stop rules judge the same keys (with `hierarchical`, the tool-and-arguments
 key, so a window is unanimous only when the whole calls agree).
+
+Votes read answers, not certainty, so by default (`representative: first`) the samples carry
+none: the engine samples them exactly as plain requests, with no vocabulary-wide log-softmax
+per token, and the earliest sample of the winning answer is returned (ties → the earlier
+answer, as Wang et al. 2023 leave open). `most_certain` asks for self-certainty to pick the
+best-supported writing of the answer instead, at that per-token cost.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Literal
 from pydantic import Field
 
 from strategies.answers import AnswerGroups, parse_answer_format
-from strategies.base import Result, Sample, Sampler, Strategy, register
+from strategies.base import CertaintySource, Result, Sample, Sampler, Strategy, register
 from strategies.stop_rules import (
     AdaptiveConsistency,
     EarlyStoppingConsistency,
@@ -54,9 +60,21 @@ class SelfConsistencyOptions(ToolVoteOptions):
         default=1, ge=0, le=8,
         description="Windows sampled ahead of the one being judged (speculative, lower priority).",
     )
+    representative: Literal["first", "most_certain"] = Field(
+        default="first",
+        description="Which sample of the winning answer is returned, and which answer wins a "
+        "tie: first (the earliest sample; the samples carry no certainty or logprobs, so the "
+        "engine does no per-token work beyond plain sampling) or most_certain (by "
+        "self-certainty, which the engine then computes for every token).",
+    )
 
     def sample_budget(self) -> int:
         return self.max_samples
+
+    def certainty_source(self) -> CertaintySource | None:
+        # A vote reads answers only; certainty would only pick among equal answers, and asking
+        # for it costs the engine a vocabulary-wide log-softmax per token (docs/benchmarks.md).
+        return None if self.representative == "most_certain" else "none"
 
     def stop_rule(self) -> StopRule:
         if self.stop == "esc":

@@ -1,8 +1,9 @@
 """Choosing among samples: majority vote, certainty-ranked Borda vote, and argmax selections.
 
 Votes are over answer *groups* (equivalent answers share a group id, see strategies.answers);
-the returned sample is always the most certain sample of the winning group, so the text the
-client gets is the best-supported writing of the winning answer.
+the returned sample is the most certain sample of the winning group, so the text the client gets
+is the best-supported writing of the winning answer — or, when the samples carry no certainty
+(a strategy that asked for none), the earliest.
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ class StrategyOutcome:
     result: Result
     resolved: ResolvedStrategy
     usage: SamplerUsage
-    certainty_method: CertaintyMethod
+    certainty_method: CertaintyMethod | None  # None: the strategy asked for no certainty
     elapsed_ms: float
     kind: Literal["chat", "completion"]
     model: str

@@ -48,7 +48,7 @@ from server.metrics import (
     STRATEGY_REQUESTS,
     STRATEGY_SAMPLES,
 )
-from strategies.base import CertaintyMethod
+from strategies.base import CertaintySource
 from strategies.tool_votes import ToolVoteOptions
 
 __all__ = [
@@ -69,7 +69,7 @@ class SamplerFactory(Protocol):
 
     async def open_sampler(
         self, request: ChatCompletionRequest | CompletionRequest, request_id: str, slots: int,
-        certainty_source: CertaintyMethod | None = None,
+        certainty_source: CertaintySource | None = None,
     ) -> OpenedSampler: ...
 
 

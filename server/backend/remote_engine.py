@@ -29,7 +29,7 @@ from server.backend.backend_kind import BackendKind, detect_backend_kind
 from server.backend.remote_sampler import RemoteSampler
 from server.engine.vllm import OpenedSampler, request_family
 from server.exceptions import RefineryError, ServingRefused, excerpt
-from strategies.base import CertaintyMethod
+from strategies.base import CertaintySource
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -160,13 +160,13 @@ class RemoteEngine:
 
     async def open_sampler(
         self, request: Any, request_id: str, slots: int,
-        certainty_source: CertaintyMethod | None = None,
+        certainty_source: CertaintySource | None = None,
     ) -> OpenedSampler:
         """A sampler over the backend for one strategy request. The model is checked against
         the backend's list here, so a wrong name is a 404 before a stream's 200; everything
         else the backend checks itself (its refusal reaches the client with its status).
-        `slots` is admission's business, and the certainty is the top-20 estimate whatever
-        `certainty_source` asks."""
+        `slots` is admission's business; the certainty is the top-20 estimate (exact needs the
+        in-process plugin) unless `certainty_source` is "none"."""
         kind = "chat" if hasattr(request, "messages") else "completion"
         model = request.model or (self.model_ids[0] if self.model_ids else "")
         if self.model_ids and model not in self.model_ids:
@@ -174,7 +174,8 @@ class RemoteEngine:
                                  param="model", code="model_not_found")
         body = request.model_dump(mode="json", exclude_unset=True)
         sampler = RemoteSampler(self.client, kind, body, request_id,
-                                family=request_family(model, request))
+                                family=request_family(model, request),
+                                certainty_source=certainty_source)
         temperature = request.temperature
         return OpenedSampler(sampler, sampler.usage, kind, model,
                              _DEFAULT_TEMPERATURE if temperature is None else temperature,

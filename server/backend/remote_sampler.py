@@ -27,7 +27,8 @@ sent as vLLM's `priority` field (the backend needs `--scheduling-policy priority
 `REFINERY_BACKEND_PRIORITY=off`). Sample i of a seeded request gets seed + i: a window starting
 at i sends seed + i, and vLLM seeds its n children seed + i + j.
 
-Certainty is the top-20 estimate (`certainty_method` "topk", `topk_estimate`); tokens and text
+Certainty is the top-20 estimate (`certainty_method` "topk", `topk_estimate`), or nothing and no
+logprobs asked when the strategy reads none (`certainty_source` "none"); tokens and text
 come from vLLM's streamed `token_ids` (`return_token_ids`), so the backend must be vLLM or
 Refinery. Usage counts each distinct conversation's prompt once (from the backend's usage) and
 every completion token as it arrives, aborted ones included.
@@ -48,7 +49,14 @@ from server.engine.certainty.summary import summarise
 from server.engine.vllm_sampler import SamplerUsage
 from server.exceptions import InvalidRequest, ServingRefused
 from server.metrics import SUBREQUEST_TOKENS, SUBREQUESTS_RUNNING
-from strategies.base import WATCHER_STOP, CertaintyMethod, Message, Sample, TokenWatcher
+from strategies.base import (
+    WATCHER_STOP,
+    CertaintyMethod,
+    CertaintySource,
+    Message,
+    Sample,
+    TokenWatcher,
+)
 
 __all__ = ["RemoteSampler", "sub_request_base"]
 
@@ -58,14 +66,17 @@ _REPLACED_FIELDS = ("strategy", "stream", "stream_options", "n", "best_of", "use
                     "return_tokens_as_token_ids", "priority")
 
 
-def sub_request_base(body: Mapping[str, Any], kind: Literal["chat", "completion"]
-                     ) -> dict[str, Any]:
+def sub_request_base(body: Mapping[str, Any], kind: Literal["chat", "completion"], *,
+                     logprobs: bool = True) -> dict[str, Any]:
     """The request's own fields (what its client set) plus what every sub-request asks for:
-    a stream with usage on every chunk, token ids, and the top-20 logprobs."""
+    a stream with usage on every chunk, token ids, and (unless `logprobs` is False: the
+    strategy reads no certainty) the top-20 logprobs."""
     base = {key: value for key, value in body.items() if key not in _REPLACED_FIELDS}
     base.update(stream=True, stream_options={"include_usage": True,
                                              "continuous_usage_stats": True},
                 return_token_ids=True, return_tokens_as_token_ids=True)
+    if not logprobs:
+        return base
     if kind == "chat":
         base.update(logprobs=True, top_logprobs=TOPK)
     else:
@@ -110,17 +121,19 @@ class _Window:
 class RemoteSampler:
     """Samples one request's conversation (optionally continued) on a remote backend."""
 
-    certainty_method: CertaintyMethod = "topk"
-
     def __init__(self, client: BackendClient, kind: Literal["chat", "completion"],
-                 body: Mapping[str, Any], request_id: str, *, family: str = "") -> None:
+                 body: Mapping[str, Any], request_id: str, *, family: str = "",
+                 certainty_source: CertaintySource | None = None) -> None:
         """`body`: the request as its client set it (a strategy request's fields, `strategy`
         included, which is dropped); `request_id`: the strategy request's id, sent as the
-        session header's value."""
+        session header's value. Certainty is the top-20 estimate unless `certainty_source`
+        is "none": then no logprobs are asked for."""
         self._client = client
         self._kind = kind
         self._path = "chat/completions" if kind == "chat" else "completions"
-        self._base = sub_request_base(body, kind)
+        wanted = certainty_source != "none"
+        self.certainty_method: CertaintyMethod | None = "topk" if wanted else None
+        self._base = sub_request_base(body, kind, logprobs=wanted)
         self._seed = body.get("seed")
         self._headers = {client.config.session_header: request_id}
         self.family = family

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 from starlette.datastructures import State
 
 from server.engine.vllm_sampler import SamplerUsage, VllmSampler
-from strategies.base import CertaintyMethod, Sampler
+from strategies.base import CertaintySource, Sampler
 
 if TYPE_CHECKING:
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
@@ -122,7 +122,7 @@ class VllmEngine:
 
     async def open_sampler(
         self, request: ChatCompletionRequest | CompletionRequest, request_id: str, slots: int,
-        certainty_source: CertaintyMethod | None = None,
+        certainty_source: CertaintySource | None = None,
     ) -> OpenedSampler:
         """Render the request's prompt (vLLM's checks: model, length, template), derive its
         sampling parameters, and check that the engine's queue has room for `slots` sequences,

@@ -11,7 +11,10 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.e2e.disconnects import assert_a_disconnect_aborts_every_sub_request
+from tests.e2e.disconnects import (
+    assert_a_disconnect_aborts_every_sub_request,
+    assert_a_disconnect_storm_leaks_nothing,
+)
 from tests.e2e.prometheus import kv_block_size, metric_value, wait_for_metric
 from tests.servers import ServerProcess
 
@@ -62,7 +65,8 @@ def test_fixed_self_consistency_accounts_for_every_token(client: OpenAI) -> None
     info = strategy_of(reply)
     assert info["name"] == "self_consistency" and info["stop"] == "fixed"
     assert info["samples"] == 4 and info["max_samples"] == 4 and not info["stopped_early"]
-    assert info["certainty_method"] == "exact"  # the plugin is on by default
+    # A vote reads answers only: the samples are drawn without certainty or logprobs.
+    assert info["certainty_method"] is None
     candidates = info["candidates"]
     assert len(candidates) == 4
     assert reply.usage.completion_tokens == sum(c["tokens"] for c in candidates)
@@ -71,11 +75,37 @@ def test_fixed_self_consistency_accounts_for_every_token(client: OpenAI) -> None
     assert reply.usage.prompt_tokens == plain.usage.prompt_tokens  # prompt counted once
     chosen = [c for c in candidates if c["chosen"]]
     assert len(chosen) == 1 and chosen[0]["text"] == reply.choices[0].message.content
-    assert all(isinstance(c["certainty"], float) for c in candidates)
+    assert all(c["certainty"] is None and c["mean_logprob"] is None for c in candidates)
     votes = info["votes"]
     assert sum(votes.values()) == sum(1 for c in candidates if c["answer"] is not None)
     if info["answer"] is not None:
         assert votes[info["answer"]] == max(votes.values())
+        # The earliest finished sample of the winning answer is the one returned.
+        winners = [c for c in candidates if c["answer"] == info["answer"]]
+        finished = [c for c in winners if c["finish_reason"] == "stop"] or winners
+        assert chosen[0]["index"] == min(c["index"] for c in finished)
+
+
+def test_self_consistency_can_return_the_most_certain_writing_of_the_answer(
+    client: OpenAI
+) -> None:
+    reply = client.completions.create(
+        model="smollm2", prompt="Q: What is 2 + 2?\nA: The answer is", max_tokens=6,
+        temperature=1.0, seed=5,
+        extra_body={"strategy": {"name": "self_consistency", "stop": "fixed", "max_samples": 6,
+                                 "answer_format": "number", "representative": "most_certain",
+                                 "return_candidates": True}},
+    )
+    info = reply.model_extra["strategy"]
+    assert info["certainty_method"] == "exact"
+    candidates = info["candidates"]
+    assert all(isinstance(c["certainty"], float) for c in candidates)
+    (chosen,) = [c for c in candidates if c["chosen"]]
+    assert chosen["text"] == reply.choices[0].text
+    if info["answer"] is not None:
+        winners = [c for c in candidates if c["answer"] == info["answer"]]
+        finished = [c for c in winners if c["finish_reason"] == "stop"] or winners
+        assert chosen["certainty"] == max(c["certainty"] for c in finished)
 
 
 @pytest.mark.parametrize("preset", ["sc8", "esc", "asc", "bon8", "borda8"])
@@ -289,3 +319,12 @@ def test_streaming_disconnect_aborts_every_sub_request(server: ServerProcess) ->
         assert wait_for_metric(base, "refinery_subrequests_running", 8, timeout=10) == 8
     assert wait_for_metric(base, "refinery_subrequests_running", 0, timeout=5) == 0
     assert wait_for_metric(base, "vllm:num_requests_running", 0, timeout=5) == 0
+
+
+def test_fifty_clients_dropping_strategy_requests_at_once_leak_nothing(
+    server: ServerProcess
+) -> None:
+    # 50 × 4 = 200 sequences: within the session server's admission bound (128 × 2).
+    storm = {**LONG_STRATEGY, "strategy": {"name": "self_consistency", "stop": "fixed",
+                                           "max_samples": 4}}
+    assert_a_disconnect_storm_leaks_nothing(server.base_url, storm, clients=50, samples=4)

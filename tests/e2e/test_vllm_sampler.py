@@ -85,6 +85,29 @@ def test_samples_of_the_request_share_one_prompt_and_follow_its_parameters(
     assert opened.usage.completion_tokens == sum(s.num_tokens for s in samples)
 
 
+def test_a_sampler_asked_for_no_certainty_samples_the_same_tokens_without_it(
+    loop: asyncio.AbstractEventLoop, engine: VllmEngine
+) -> None:
+    def draw(certainty_source: str | None) -> tuple[OpenedSampler, list[Sample]]:
+        opened = loop.run_until_complete(engine.open_sampler(
+            request(), f"sampler-test-{certainty_source}", 3, certainty_source))
+
+        async def samples() -> list[Sample]:
+            return list(await asyncio.gather(*opened.sampler.submit(3)))
+
+        return opened, loop.run_until_complete(samples())
+
+    plain, bare = draw("none")
+    exact, measured = draw(None)
+    assert plain.sampler.certainty_method is None and exact.sampler.certainty_method == "exact"
+    # Logprobs only ride along: the same seeds sample the same tokens without them.
+    assert [s.token_ids for s in bare] == [s.token_ids for s in measured]
+    assert all(s.certainty is None and s.token_certainty == () and s.cumulative_logprob is None
+               and s.entropy is None for s in bare)
+    assert all(s.certainty is not None and s.cumulative_logprob is not None for s in measured)
+    assert plain.usage.completion_tokens == sum(s.num_tokens for s in bare)
+
+
 def test_a_continued_conversation_starts_with_the_request_prompt(
     loop: asyncio.AbstractEventLoop, engine: VllmEngine
 ) -> None:

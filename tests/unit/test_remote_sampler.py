@@ -16,7 +16,7 @@ import pytest
 
 from server.backend.backend_client import BackendClient, BackendConfig
 from server.backend.backend_errors import BackendTimeout, BackendUnavailable
-from server.backend.remote_sampler import RemoteSampler
+from server.backend.remote_sampler import RemoteSampler, sub_request_base
 from server.backend.topk_estimate import chat_confidences, completion_confidences
 from server.engine.vllm_sampler import topk_confidences
 from server.exceptions import ServingRefused
@@ -91,14 +91,37 @@ class FakeBackend:
 
 
 def sampler_for(backend: FakeBackend, body: dict[str, Any] = CHAT_BODY, *,
-                kind: str = "chat", **config: Any) -> RemoteSampler:
+                kind: str = "chat", certainty_source: str | None = None,
+                **config: Any) -> RemoteSampler:
     client = BackendClient(BackendConfig("http://backend:8000/v1", **config),
                            transport=httpx.MockTransport(backend))
-    return RemoteSampler(client, kind, body, "strategy-abc")  # type: ignore[arg-type]
+    return RemoteSampler(client, kind, body, "strategy-abc",  # type: ignore[arg-type]
+                         certainty_source=certainty_source)  # type: ignore[arg-type]
 
 
 def run(test: Callable[[], Any]) -> Any:
     return asyncio.run(test())
+
+
+def test_a_strategy_that_reads_no_certainty_asks_the_backend_for_no_logprobs() -> None:
+    backend = FakeBackend()
+
+    async def test() -> list[Any]:
+        sampler = sampler_for(backend, {**CHAT_BODY, "logprobs": True, "top_logprobs": 3},
+                              certainty_source="none")
+        samples = await asyncio.gather(*sampler.submit(2))
+        return [sampler, samples]
+
+    sampler, samples = run(test)
+    (sent,) = backend.bodies
+    assert "logprobs" not in sent and "top_logprobs" not in sent  # not even the client's
+    assert sent["return_token_ids"] is True and sent["n"] == 2
+    assert sampler.certainty_method is None
+    # (This backend streams logprobs anyway.) Tokens and text come from the token ids.
+    assert all(s.num_tokens == 2 and s.text for s in samples)
+    completion = sub_request_base({"prompt": "2+2?", "logprobs": 5}, "completion",
+                                  logprobs=False)
+    assert "logprobs" not in completion and completion["return_token_ids"] is True
 
 
 def test_a_window_without_watcher_is_one_request_with_n() -> None:

@@ -68,6 +68,19 @@ def test_majority_ties_go_to_the_more_certain_answer() -> None:
     assert result.chosen.index == 1  # the most certain sample of the winning answer
 
 
+def test_a_vote_asks_for_no_certainty_unless_it_returns_the_most_certain_writing() -> None:
+    assert SelfConsistencyOptions().certainty_source() == "none"
+    most_certain = SelfConsistencyOptions(representative="most_certain")
+    assert most_certain.certainty_source() is None  # exact where the engine plugin runs
+
+
+def test_without_certainty_ties_go_to_the_earlier_answer_and_its_earliest_sample() -> None:
+    script = [Scripted("The answer is 1."), Scripted("The answer is 2."),
+              Scripted("The answer is 2."), Scripted("The answer is 1.")]
+    result = run(FakeSampler(script), stop="fixed", max_samples=4)
+    assert result.answer == "1" and result.chosen.index == 0
+
+
 def test_no_extractable_answer_falls_back_to_the_most_certain_sample() -> None:
     script = [Scripted("Roses are red.", certainty=0.5), Scripted("Violets are blue.", 2.0)]
     result = run(FakeSampler(script), stop="fixed", max_samples=2)
