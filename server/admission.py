@@ -11,6 +11,15 @@ gives them back when its response has ended (sent, failed, cancelled, or its cli
 
 Over the bound a request is refused at once with a 429 and `Retry-After` (`Overloaded`), never
 queued: the client retries (the openai SDK does so by itself) or goes to another replica.
+A full server refuses before the request is even parsed (`refuse_when_full`), so refusals stay
+cheap when they are most of the traffic.
+
+Large requests keep a way in: when a request of k > 1 sequences is refused, k sequences stay
+reserved for two Retry-After periods, and smaller requests are admitted only below the bound
+minus k. The capacity freed meanwhile accumulates until a request of k fits, so under sustained
+overload 8-sample strategy requests still get in between plain ones; without it nearly every
+freed sequence went to the next 1-sequence request. It is not a fair share (docs/reliability.md,
+"Load").
 A request that asks for more sequences than the bound itself could never be admitted: that is
 a 400 (`over_cap`), since retrying would not help.
 
@@ -25,6 +34,7 @@ checks and takes in one step with no `await` between them.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +57,9 @@ __all__ = [
 # engine happens every few hundred milliseconds; one second is the smallest Retry-After (whole
 # seconds) and what the openai SDK then waits before its retry.
 RETRY_AFTER_S = 1
+# How long a refused large request's size stays reserved: a client that honours Retry-After is
+# back well within two periods; one that went away stops holding anything back after this.
+RESERVATION_S = 2.0 * RETRY_AFTER_S
 
 
 @dataclass(frozen=True)
@@ -96,6 +109,9 @@ class AdmissionControl:
         self.capacity: int | None = bound
         self.limits: EngineLimits | None = None
         self.outstanding = 0
+        # The largest recently refused request (sequences), and until when it is reserved.
+        self._reserved = 0
+        self._reserved_until = 0.0
         if bound is not None:
             OUTSTANDING_SEQUENCES_LIMIT.set(bound)
 
@@ -106,10 +122,29 @@ class AdmissionControl:
             self.capacity = max(1, math.ceil(limits.max_num_seqs * self.queue_factor))
         OUTSTANDING_SEQUENCES_LIMIT.set(self.capacity or 0)
 
-    def try_acquire(self, slots: int) -> bool:
-        """Take `slots` sequences if they all fit under the bound; False (nothing taken) if not."""
-        if self.capacity is not None and self.outstanding + slots > self.capacity:
+    def reserved(self, now: float | None = None) -> int:
+        """Sequences held back for a recently refused larger request (0: none)."""
+        now = time.monotonic() if now is None else now
+        return self._reserved if now < self._reserved_until else 0
+
+    def try_acquire(self, slots: int, now: float | None = None) -> bool:
+        """Take `slots` sequences if they fit; False (nothing taken) if not. They fit under the
+        bound, minus the reservation when a larger request was refused recently; a refused
+        request of more than one sequence becomes (or renews) the reservation."""
+        if self.capacity is None:
+            self.outstanding += slots
+            OUTSTANDING_SEQUENCES.inc(slots)
+            return True
+        now = time.monotonic() if now is None else now
+        reserved = self.reserved(now)
+        room = self.capacity - self.outstanding - (reserved if slots < reserved else 0)
+        if slots > room:
+            if slots > 1:
+                self._reserved = max(reserved, slots)
+                self._reserved_until = now + RESERVATION_S
             return False
+        if slots >= reserved:
+            self._reserved = 0  # the reservation was for a request of this size: served
         self.outstanding += slots
         OUTSTANDING_SEQUENCES.inc(slots)
         return True
@@ -117,6 +152,20 @@ class AdmissionControl:
     def release(self, slots: int) -> None:
         self.outstanding -= slots
         OUTSTANDING_SEQUENCES.dec(slots)
+
+    def refuse_when_full(self) -> None:
+        """Raise the 429 now if no request at all could be admitted (every sequence held), so
+        that a refusal on a full server costs no parsing; the exact check is `admit`'s."""
+        if self.capacity is not None and self.outstanding >= self.capacity:
+            ADMISSION_REJECTED.labels("overloaded").inc()
+            raise self._overloaded(1)
+
+    def _overloaded(self, slots: int) -> Overloaded:
+        return Overloaded(
+            f"the server is at capacity ({self.outstanding} of {self.capacity} engine "
+            f"sequences held; this request needs {slots}): retry after {RETRY_AFTER_S} s",
+            retry_after_s=RETRY_AFTER_S,
+        )
 
     def admit(self, slots: int, *, param: str) -> Lease:
         """A lease on `slots` sequences, or the refusal: 400 when even an idle server could not
@@ -130,11 +179,7 @@ class AdmissionControl:
             )
         if not self.try_acquire(slots):
             ADMISSION_REJECTED.labels("overloaded").inc()
-            raise Overloaded(
-                f"the server is at capacity ({self.outstanding} of {self.capacity} engine "
-                f"sequences held; this request needs {slots}): retry after {RETRY_AFTER_S} s",
-                retry_after_s=RETRY_AFTER_S,
-            )
+            raise self._overloaded(slots)
         return Lease(self, slots)
 
 

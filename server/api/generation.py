@@ -131,6 +131,7 @@ async def handle_generation(
     admission: AdmissionControl = raw_request.app.state.admission
     deadline = Deadline(settings.request_timeout)
     body = await read_json_object(raw_request)
+    admission.refuse_when_full()
     check_message_count(body, settings.max_messages)
     caps = ServerCaps(settings.max_samples, settings.max_refine_iterations)
     try:

@@ -15,7 +15,13 @@ import pytest
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
 
-from server.admission import RETRY_AFTER_S, AdmissionControl, EngineLimits, engine_limits
+from server.admission import (
+    RESERVATION_S,
+    RETRY_AFTER_S,
+    AdmissionControl,
+    EngineLimits,
+    engine_limits,
+)
 from server.exceptions import Unavailable
 from tests.api.asgi_client import CHAT, COMPLETIONS, AppFactory, body_for, client_for, error_of
 from tests.api.held_requests import HeldRequest, hold, wait_until
@@ -84,11 +90,15 @@ async def test_a_strategy_is_admitted_with_its_whole_budget_or_not_at_all(
 
     async with client_for(app) as client:
         too_big = await client.post(CHAT, json=strategy_body(4))  # 8 + 4 > 10
-        fits = await client.post(CHAT, json=body_for(CHAT, n=2))  # 8 + 2 = 10
+        # 8 + 2 = 10 would fit, but the refused strategy's 4 are reserved for its retry.
+        held_back = await client.post(CHAT, json=body_for(CHAT, n=2))
+        admission_of(app)._reserved_until = 0.0  # the reservation lapses (no retry came)
+        fits = await client.post(CHAT, json=body_for(CHAT, n=2))
 
     assert too_big.status_code == 429
     assert error_of(too_big)["code"] == "overloaded"
     assert len(stub.opened) == 1, "the refused strategy opened no sampler"
+    assert held_back.status_code == 429
     assert fits.status_code == 200
     assert admission_of(app).outstanding == 8  # the plain request gave its 2 back
     held.leave()
@@ -263,13 +273,47 @@ def test_engine_limits_count_every_data_parallel_rank() -> None:
 
 def test_try_acquire_takes_all_or_nothing_and_release_gives_back() -> None:
     control = AdmissionControl(bound=10, queue_factor=2.0)
-    assert control.try_acquire(8)
-    assert not control.try_acquire(3)
+    assert control.try_acquire(8, now=0.0)
+    assert not control.try_acquire(3, now=0.0)
     assert control.outstanding == 8
-    assert control.try_acquire(2)
+    assert control.try_acquire(2, now=RESERVATION_S)  # the refused 3 no longer reserved
     control.release(10)
     assert control.outstanding == 0
     lease = control.admit(4, param="n")
     lease.release()
     lease.release()  # idempotent
     assert control.outstanding == 0
+
+
+def test_a_refused_large_request_is_not_starved_by_small_ones() -> None:
+    control = AdmissionControl(bound=10, queue_factor=2.0)
+    assert control.try_acquire(6, now=0.0)
+    assert not control.try_acquire(8, now=0.0)  # refused: its 8 are now reserved
+    assert control.reserved(now=0.0) == 8
+    # 4 sequences are free, but smaller requests may only use what is beyond the 8 reserved.
+    assert not control.try_acquire(1, now=0.5)
+    control.release(6)  # capacity frees up; the small requests still leave it alone...
+    assert not control.try_acquire(3, now=1.0)
+    assert control.try_acquire(2, now=1.0)  # ...up to the bound minus the reservation
+    assert control.try_acquire(8, now=1.0)  # the retry fits, and the reservation ends
+    assert control.reserved(now=1.0) == 0
+    control.release(10)
+    # A reservation nobody comes back for lapses; one-sequence refusals reserve nothing.
+    assert control.try_acquire(10, now=2.0)
+    assert not control.try_acquire(4, now=2.0)
+    assert not control.try_acquire(1, now=2.0)
+    assert control.reserved(now=2.0) == 4
+    assert control.reserved(now=2.0 + RESERVATION_S) == 0
+
+
+async def test_a_full_server_refuses_before_parsing_the_request(
+    make_app: AppFactory, stub: StubEngine
+) -> None:
+    app = make_app(max_outstanding_sequences=2)
+    held = await fill(app, stub, 2)
+    async with client_for(app) as client:
+        # Not even a valid request: a full server says 429 before it looks at the fields.
+        response = await client.post(CHAT, json={"model": SERVED_MODEL, "messages": "junk"})
+    assert response.status_code == 429 and error_of(response)["code"] == "overloaded"
+    held.leave()
+    await held.finished()

@@ -1,10 +1,12 @@
 """Admission control, caps and the keys file on the real engine: the default bound derived from
 vLLM's max_num_seqs, prompts past the context still vLLM's 400, and, on one server with a tiny
-bound, a real 429 that the openai SDK's retry gets past, a 504 that aborts every sub-request,
-API keys read from a file and /metrics behind them."""
+bound, a real 429 that the openai SDK's retry gets past, a bounded overload answered only 200
+or 429, a 504 that aborts every sub-request, API keys read from a file and /metrics behind
+them."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -126,6 +128,41 @@ def test_a_full_server_answers_429_and_the_sdk_retry_gets_through(small: ServerP
     assert replies and replies[0].choices[0].message.content is not None
     assert wait_for(base, "refinery_subrequests_running", 0, AUTH) == 0
     assert wait_for(base, "refinery_outstanding_sequences", 0, AUTH) == 0
+
+
+def test_a_bounded_overload_is_answered_200_or_429_and_leaves_nothing_held(
+    small: ServerProcess,
+) -> None:
+    """Twelve closed-loop clients for 8 s offer 18 sequences to a bound of 4 (4.5×): plain
+    requests and 2-sample strategy requests. Every answer is a 200 or a 429 with Retry-After,
+    both happen, and nothing is left running or held afterwards."""
+    base = small.base_url
+    plain = {"model": "smollm2", "messages": USER, "max_tokens": 8, "ignore_eos": True}
+    strategy = {**plain, "temperature": 0.8, "strategy": {"name": "best_of_n", "n": 2}}
+
+    async def load() -> list[tuple[int, str | None]]:
+        seen: list[tuple[int, str | None]] = []
+        deadline = time.monotonic() + 8
+        async with httpx.AsyncClient(base_url=base, headers=AUTH, timeout=60) as http:
+            async def client(body: dict[str, Any]) -> None:
+                while time.monotonic() < deadline:
+                    response = await http.post("/v1/chat/completions", json=body)
+                    seen.append((response.status_code, response.headers.get("retry-after")))
+                    if response.status_code == 429:
+                        assert response.json()["error"]["code"] == "overloaded"
+                        await asyncio.sleep(0.2)  # shorter than Retry-After: more pressure
+
+            await asyncio.gather(*(client(plain) for _ in range(6)),
+                                 *(client(strategy) for _ in range(6)))
+        return seen
+
+    seen = asyncio.run(load())
+    statuses = {status for status, _ in seen}
+    assert statuses == {200, 429}, seen
+    assert all(retry == "1" for status, retry in seen if status == 429)
+    assert wait_for(base, "refinery_subrequests_running", 0, AUTH) == 0
+    assert wait_for(base, "refinery_outstanding_sequences", 0, AUTH) == 0
+    assert wait_for(base, "vllm:num_requests_running", 0, AUTH) == 0
 
 
 def test_a_request_past_its_time_limit_is_a_504_and_every_sample_is_aborted(
