@@ -17,7 +17,7 @@ Otherwise it is the top-k estimate (DeepConf-style token confidence: minus the m
 top-20 log-probabilities), computed here from the logprobs vLLM returns with each token.
 `certainty_method` says which. A strategy that reads no certainty (`certainty_source` "none")
 gets sub-requests without logprobs: the engine then skips the vocabulary-wide log-softmax, rank
-count and statistics of every step, which cost a small model ~15% of its decode throughput.
+count and statistics of every step (≈ 11% of the 135M model's throughput, docs/benchmarks.md).
 """
 
 from __future__ import annotations
