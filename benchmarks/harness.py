@@ -16,8 +16,11 @@ __all__ = [
     "Question",
     "load_questions",
     "offline_llm",
+    "metric_values",
     "run_questions",
     "save_figure",
+    "server_cpu_seconds",
+    "server_rss_mib",
     "scatter_plot",
     "served_model",
     "spawn_refinery",
@@ -55,6 +58,39 @@ def offline_llm(model: Path, engine_flags: Sequence[str]) -> Any:
     engine_args = EngineArgs.from_cli_args(serve_args)
     return LLM(**{f: getattr(engine_args, f) for f in _OFFLINE_FIELDS
                   if getattr(engine_args, f, None) is not None})
+
+
+def server_cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds so far of a server's API process and of all its engine processes."""
+    import psutil
+
+    def used(process: psutil.Process) -> float:
+        times = process.cpu_times()
+        return times.user + times.system
+
+    api = psutil.Process(pid)
+    return used(api), sum(used(child) for child in api.children(recursive=True))
+
+
+def server_rss_mib(pid: int) -> float:
+    """Resident memory of a server: its API process and every engine process."""
+    import psutil
+
+    root = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in (root, *root.children(recursive=True))) / 2**20
+
+
+def metric_values(client: Any, *names: str) -> dict[str, float]:
+    """The current value of each named sample of a server's /metrics (summed over labels);
+    `client` is an httpx.Client on the server's base URL."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values = dict.fromkeys(names, 0.0)
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name in values:
+                values[sample.name] += sample.value
+    return values
 
 
 def save_figure(fig: Any, png: Path) -> None:

@@ -46,7 +46,15 @@ from pathlib import Path
 import aiohttp
 import httpx
 
-from harness import save_figure, served_model, spawn_refinery, split_engine_flags
+from harness import (
+    metric_values,
+    save_figure,
+    served_model,
+    server_cpu_seconds,
+    server_rss_mib,
+    spawn_refinery,
+    split_engine_flags,
+)
 from tests.servers import running
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,38 +63,13 @@ PROMPT = "Write a short story about {topic}, number {n}:"
 TOPICS = ("a lighthouse", "a glacier", "a market", "a comet", "an orchard", "a harbour")
 
 
-def metrics(client: httpx.Client, *names: str) -> dict[str, float]:
-    """The current value of each metric (summed over its labels)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    values = dict.fromkeys(names, 0.0)
-    for family in text_string_to_metric_families(client.get("/metrics").text):
-        for sample in family.samples:
-            if sample.name in values:
-                values[sample.name] += sample.value
-    return values
-
-
 def cpu_seconds(pid: int) -> tuple[float, float, float]:
     """CPU seconds so far of the server's API process, of its engine processes, and of this
     process (the load clients): on one machine they share the cores."""
     import psutil
 
-    def used(process: psutil.Process) -> float:
-        times = process.cpu_times()
-        return times.user + times.system
-
-    api = psutil.Process(pid)
-    return (used(api), sum(used(child) for child in api.children(recursive=True)),
-            used(psutil.Process()))
-
-
-def rss_mib(pid: int) -> float:
-    """Resident memory of the server: its API process and every engine process."""
-    import psutil
-
-    root = psutil.Process(pid)
-    return sum(p.memory_info().rss for p in (root, *root.children(recursive=True))) / 2**20
+    times = psutil.Process().cpu_times()
+    return (*server_cpu_seconds(pid), times.user + times.system)
 
 
 @dataclass
@@ -178,7 +161,7 @@ async def _offer(base_url: str, run: LoadRun, bound: int, samples: int, max_toke
         loops += [asyncio.create_task(_client_loop(http, "strategy", strategy, run, deadline))
                   for _ in range(strategy_clients)]
         while not all(loop.done() for loop in loops):
-            value = await asyncio.to_thread(metrics, monitor, *TRACED)
+            value = await asyncio.to_thread(metric_values, monitor, *TRACED)
             run.trace.append((time.monotonic() - started, *(value[name] for name in TRACED)))
             await asyncio.sleep(1.0)
         await asyncio.gather(*loops)
@@ -190,7 +173,7 @@ def drained(monitor: httpx.Client, names: Sequence[str], timeout_s: float,
     """Seconds until every metric in `names` reads 0 (inf if not within `timeout_s`)."""
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
-        if not any(metrics(monitor, *names).values()):
+        if not any(metric_values(monitor, *names).values()):
             return time.monotonic() - started
         time.sleep(poll_s)
     return float("inf")
@@ -233,7 +216,7 @@ async def _storm_clients(base_url: str, clients: int, admitted: list[bool],
 
 def storm(base_url: str, pid: int, clients: int, rnd: int) -> StormRun:
     monitor = httpx.Client(base_url=base_url, timeout=30)
-    rss_before = rss_mib(pid)
+    rss_before = server_rss_mib(pid)
     admitted: list[bool] = []
 
     async def main() -> tuple[float, float, float]:
@@ -241,10 +224,10 @@ def storm(base_url: str, pid: int, clients: int, rnd: int) -> StormRun:
         task = asyncio.create_task(_storm_clients(base_url, clients, admitted, flowing, drop))
         await asyncio.wait_for(flowing.wait(), timeout=300)
         await asyncio.sleep(2.0)  # every admitted request is decoding now
-        before = metrics(monitor, "vllm:generation_tokens_total",
+        before = metric_values(monitor, "vllm:generation_tokens_total",
                          "refinery_subrequests_running")
         await asyncio.sleep(2.0)
-        after = metrics(monitor, "vllm:generation_tokens_total")
+        after = metric_values(monitor, "vllm:generation_tokens_total")
         tokens_per_s = (after["vllm:generation_tokens_total"]
                         - before["vllm:generation_tokens_total"]) / 2.0
         running = before["refinery_subrequests_running"]
@@ -261,7 +244,7 @@ def storm(base_url: str, pid: int, clients: int, rnd: int) -> StormRun:
     served = httpx.post(f"{base_url}/v1/completions", timeout=120, json={
         "model": SERVED, "prompt": "Say hello:", "max_tokens": 4}).status_code == 200
     return StormRun(rnd, sum(admitted), len(admitted) - sum(admitted), running_before, waited,
-                     step_s, served, rss_before, rss_mib(pid))
+                     step_s, served, rss_before, server_rss_mib(pid))
 
 
 def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -315,17 +298,17 @@ def main(argv: Sequence[str]) -> int:
     with running(server):
         base = server.base_url
         monitor = httpx.Client(base_url=base, timeout=30)
-        bound = int(metrics(monitor, "refinery_outstanding_sequences_limit")[
+        bound = int(metric_values(monitor, "refinery_outstanding_sequences_limit")[
             "refinery_outstanding_sequences_limit"])
         httpx.post(f"{base}/v1/completions", timeout=120,
                    json={"model": SERVED, "prompt": "Warm up:", "max_tokens": 4})
-        rss_start = rss_mib(server.pid)
+        rss_start = server_rss_mib(server.pid)
         for rnd in range(1, args.rounds + 1):
             loads = [("at the bound", 1.0), (f"{args.factor:g}x the bound", args.factor)]
             if rnd % 2 == 0:
                 loads.reverse()
             for name, factor in loads:
-                run = LoadRun(name, rnd, factor, rss_before_mib=rss_mib(server.pid))
+                run = LoadRun(name, rnd, factor, rss_before_mib=server_rss_mib(server.pid))
                 before = cpu_seconds(server.pid)
                 asyncio.run(_offer(base, run, bound, args.samples, args.max_tokens,
                                    args.duration, monitor))
@@ -333,14 +316,14 @@ def main(argv: Sequence[str]) -> int:
                                                         strict=True))  # type: ignore[assignment]
                 run.drain_s = drained(monitor, ("refinery_subrequests_running",
                                                 "refinery_outstanding_sequences"), 60)
-                run.rss_after_mib = rss_mib(server.pid)
+                run.rss_after_mib = server_rss_mib(server.pid)
                 runs.append(run)
                 print(f"round {rnd}: {name}: {dict(run.statuses)}, "
                       f"{run.tokens_per_s:.0f} tok/s {run.errors or ''}", flush=True)
         for rnd in range(1, args.rounds + 1):
             storms.append(storm(base, server.pid, args.storm_clients, rnd))
             print(f"storm {rnd}: {storms[-1]}", flush=True)
-        rss_end = rss_mib(server.pid)
+        rss_end = server_rss_mib(server.pid)
     _plot(runs, args.out_png)
 
     ratio = statistics.median(

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import httpx
 
-from harness import offline_llm, save_figure, split_engine_flags
+from harness import offline_llm, save_figure, server_cpu_seconds, split_engine_flags
 from tests.servers import REFINERY_READY, free_port, refinery_command, running, spawn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,18 +126,6 @@ def run_server(base_url: str, texts: list[str], samples: int, max_tokens: int, r
     return Run(contender, rnd, wall, tokens, len(texts)), replies
 
 
-def cpu_seconds(server_pid: int) -> tuple[float, float]:
-    """(CPU seconds so far of the API process, of all its engine processes)."""
-    import psutil
-
-    def used(process: psutil.Process) -> float:
-        times = process.cpu_times()
-        return times.user + times.system
-
-    api = psutil.Process(server_pid)
-    return used(api), sum(used(child) for child in api.children(recursive=True))
-
-
 def computed_prompt_tokens(base_url: str) -> tuple[float, float]:
     """(prompt tokens the engine was asked for, of those found in the prefix cache)."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -211,9 +199,9 @@ def main(argv: Sequence[str]) -> int:
                     runs.append(run_offline(llm, texts, args.samples, args.max_tokens, rnd))
                 else:
                     asked_before, hits_before = computed_prompt_tokens(base)
-                    api_before, engine_before = cpu_seconds(server.pid)
+                    api_before, engine_before = server_cpu_seconds(server.pid)
                     run, _ = run_server(base, texts, args.samples, args.max_tokens, rnd, name)
-                    api_after, engine_after = cpu_seconds(server.pid)
+                    api_after, engine_after = server_cpu_seconds(server.pid)
                     runs.append(replace(run, api_cpu_s=api_after - api_before,
                                         engine_cpu_s=engine_after - engine_before))
                     asked, hits = computed_prompt_tokens(base)
