@@ -80,15 +80,17 @@ def server_rss_mib(pid: int) -> float:
     return sum(p.memory_info().rss for p in (root, *root.children(recursive=True))) / 2**20
 
 
-def metric_values(client: Any, *names: str) -> dict[str, float]:
-    """The current value of each named sample of a server's /metrics (summed over labels);
-    `client` is an httpx.Client on the server's base URL."""
+def metric_values(client: Any, *names: str,
+                  where: Mapping[str, str] | None = None) -> dict[str, float]:
+    """The current value of each named sample of a server's /metrics (summed over the samples
+    whose labels include `where`); `client` is an httpx.Client on the server's base URL."""
     from prometheus_client.parser import text_string_to_metric_families
 
     values = dict.fromkeys(names, 0.0)
+    wanted = dict(where or {}).items()
     for family in text_string_to_metric_families(client.get("/metrics").text):
         for sample in family.samples:
-            if sample.name in values:
+            if sample.name in values and wanted <= sample.labels.items():
                 values[sample.name] += sample.value
     return values
 

@@ -155,9 +155,12 @@ async def evaluate(base_url: str, model: str, task: Task, questions: Sequence[Qu
                    strategies: Sequence[StrategyChoice], *, concurrency: int, max_tokens: int,
                    temperature: float, seed: int, api_key: str | None = None,
                    progress: bool = True, timeout_s: float = 1800.0,
+                   extra_body: Mapping[str, Any] | None = None,
                    transport: httpx.AsyncBaseTransport | None = None) -> list[StrategyRun]:
     """Every question under every strategy; a tqdm bar counts (strategy, question) pairs.
-    `transport` replaces the network (tests pass an in-process one)."""
+    `extra_body` is merged into every request (a proxy's own options, e.g. benchmarks that
+    put a peer in front of the server); `transport` replaces the network (tests pass an
+    in-process one)."""
     from tqdm import tqdm
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -176,7 +179,7 @@ async def evaluate(base_url: str, model: str, task: Task, questions: Sequence[Qu
                     body: dict[str, Any] = {
                         "model": model, "messages": list(question.messages),
                         "max_tokens": max_tokens, "temperature": temperature,
-                        "seed": seed * 100_000 + 64 * index}
+                        "seed": seed * 100_000 + 64 * index, **(extra_body or {})}
                     if choice.spec is not None:
                         body["strategy"] = dict(choice.spec)
                     async with gate:

@@ -84,11 +84,11 @@ def jsonl_task(tmp_path: Path):
     return parse_task(str(path), answer_format="answer_is")
 
 
-def run(task, server: FakeServer, strategies: list[StrategyChoice]):
+def run(task, server: FakeServer, strategies: list[StrategyChoice], extra_body=None):
     questions = task.questions(None, seed=0)
     return asyncio.run(evaluate("http://eval", "m", task, questions, strategies, concurrency=2,
                                 max_tokens=64, temperature=0.7, seed=3, progress=False,
-                                transport=httpx.MockTransport(server)))
+                                extra_body=extra_body, transport=httpx.MockTransport(server)))
 
 
 def test_every_question_runs_under_every_strategy_with_seeds_and_usage(tmp_path: Path) -> None:
@@ -106,6 +106,14 @@ def test_every_question_runs_under_every_strategy_with_seeds_and_usage(tmp_path:
     assert all(b["max_tokens"] == 64 and b["model"] == "m" for b in server.bodies)
     assert all(b["strategy"]["answer_format"] == "answer_is"
                for b in server.bodies if "strategy" in b)
+
+
+def test_extra_body_fields_reach_every_request(tmp_path: Path) -> None:
+    server = FakeServer()
+    run(jsonl_task(tmp_path), server, [StrategyChoice("single", None)],
+        extra_body={"k": 8, "max_tokens": 32})
+    assert len(server.bodies) == 4
+    assert all(b["k"] == 8 and b["max_tokens"] == 32 for b in server.bodies)
 
 
 def test_a_refused_request_stops_the_run(tmp_path: Path) -> None:
