@@ -88,7 +88,12 @@ def _parse_value(text: str) -> Any:
 class ReasoningGymTask:
     """A reasoning-gym task with its parameters, judged by reasoning-gym's own verifier."""
 
-    answer_format = "answer_is"
+    # The judge reads exactly what the strategies vote on. The prompt asks for an "Answer:" line,
+    # but models also state answers in \boxed{} or just end on the number; `auto` reads all of
+    # these. (A strict `answer_is` vote would drop those samples from the vote while the judge
+    # still read them: on gsm_symbolic with the 1.5B model, SC@8 then scored 0.26 against a
+    # single sample's 0.34.)
+    answer_format = "auto"
 
     def __init__(self, task: str, params: Mapping[str, Any] | None = None) -> None:
         import reasoning_gym
@@ -112,8 +117,6 @@ class ReasoningGymTask:
 
     def judge(self, question: Question, reply: str) -> Judgement:
         answer = extract_answer(reply, parse_answer_format(self.answer_format))
-        if answer is None:
-            answer = extract_answer(reply, parse_answer_format("auto"))
         score = self._dataset.score_answer(answer=answer, entry=question.gold)
         return Judgement(score is not None and float(score) >= 1.0, answer)
 

@@ -15,6 +15,7 @@ from clients.evaluation.tasks import (
     humaneval_program,
     parse_task,
 )
+from strategies.answers import extract_answer, parse_answer_format
 
 
 def reply_with(answer: str) -> str:
@@ -46,6 +47,22 @@ def test_reasoning_gym_questions_are_seeded_and_judged_by_its_verifier() -> None
         assert task.judge(question, reply_with(gold)).correct
         assert not task.judge(question, reply_with(str(int(gold) + 1))).correct
         assert not task.judge(question, "I do not know.").correct
+
+
+@pytest.mark.parametrize("shape", [
+    "Steps: 3 + 4.\nAnswer: {gold}", "So the result is \\boxed{{{gold}}}.",
+    "First 12, then 7.\nThe answer is {gold} apples.", "Adding up gives {gold}",
+    "Answer: ${gold}", "No final answer here."])
+def test_reasoning_gym_judges_exactly_the_answer_strategies_vote_on(shape: str) -> None:
+    """A sample the judge reads an answer from must carry that answer into the vote, and a
+    sample without one must not vote: the judge and the strategies use one answer format."""
+    task = parse_task("reasoning_gym:chain_sum?min_terms=2&max_terms=2")
+    question = task.questions(1, seed=0)[0]
+    reply = shape.format(gold=question.gold["answer"])
+    voted = extract_answer(reply, parse_answer_format(task.answer_format))
+    judgement = task.judge(question, reply)
+    assert judgement.answer == voted
+    assert judgement.correct == (voted == question.gold["answer"])
 
 
 def test_reasoning_gym_without_an_answer_line_falls_back_to_the_last_number() -> None:
