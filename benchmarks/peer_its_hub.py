@@ -2,9 +2,9 @@
 
 Runs with the peers' own virtualenv (never Refinery's): `python peer_its_hub.py --backend URL
 --port P --budget N --regex PATTERN`. Each chat request runs its_hub's library
-`SelfConsistency.ainfer` (its default orchestrator: `budget` separate n=1 calls to the backend,
-all in parallel) with the request's own temperature and max_tokens, and votes with its regex
-projection on the same final-answer line the task asks for.
+`SelfConsistency.ainfer` (`budget` separate n=1 calls to the backend, all in parallel, with no
+concurrency cap: see build_app) with the request's own temperature and max_tokens, and votes
+with its regex projection on the same final-answer line the task asks for.
 
 Why not its own proxy (`its-iaas`): that proxy drops the request's temperature and max_tokens
 and lets the backend's defaults apply (up to the whole context window per sample), so it would
@@ -26,10 +26,17 @@ from its_hub.core.algorithms.self_consistency import (
     create_regex_projection_function,
 )
 from its_hub.core.lms.openai_lm import OpenAICompatibleLanguageModel
+from its_hub.core.orchestrator import LMOrchestrator
 
 
 def build_app(backend: str, budget: int, pattern: str) -> web.Application:
-    algorithm = SelfConsistency(create_regex_projection_function([pattern]))
+    # Unlimited: its default (32, a threading.Semaphore acquired in the default thread pool)
+    # stalls at 16 questions x 8 samples on a 2-CPU machine — the pool's 6 threads all wait on
+    # the semaphore, aiohttp's host lookups queue behind them and every call times out after
+    # 300 s with the backend idle (seen 2026-11-30). Unlimited sends all calls at once, like
+    # Refinery's sub-requests; the backend's own scheduler bounds the batch.
+    algorithm = SelfConsistency(create_regex_projection_function([pattern]),
+                                orchestrator=LMOrchestrator(max_concurrency=-1))
     models: dict[tuple[str, int | None, float | None], OpenAICompatibleLanguageModel] = {}
 
     def language_model(body: dict[str, Any]) -> OpenAICompatibleLanguageModel:

@@ -273,6 +273,9 @@ def main() -> None:
     parser.add_argument("--venv", type=Path,
                         default=Path.home() / ".cache" / "refinery" / "peers-venv")
     parser.add_argument("--out", type=Path, help="default: eval-results/peers-<time>")
+    parser.add_argument("--reuse", type=Path, metavar="RESULTS_JSON",
+                        help="keep the paths an earlier run with the same settings measured "
+                        "(its results.json) and run only the others")
     parser.add_argument("--out-png", type=Path, default=REPO / "docs" / "peers.png")
     args = parser.parse_args()
 
@@ -299,18 +302,49 @@ def main() -> None:
              "concurrency": args.concurrency, "max_tokens": args.max_tokens,
              "temperature": args.temperature, "seed": args.seed,
              "peers": [OPTILLM, ITS_HUB]}
-    results: list[PathResult] = []
-    with peer_servers(python, backend, args.samples, out, {p.runner for p in paths}) as urls:
-        for path in paths:
+    results = reused(args.reuse, facts, paths) if args.reuse else []
+    if results:
+        facts["reused from"] = json.loads(args.reuse.read_text())["settings"]["command"]
+    done = {r.path.label for r in results}
+    todo = [p for p in paths if p.label not in done]
+    with peer_servers(python, backend, args.samples, out, {p.runner for p in todo}) as urls:
+        for path in todo:
             print(f"== {path.label}", flush=True)
             results.append(run_path(path, urls[path.runner], backend, model, task, questions,
                                     args))
             print(markdown(results[-1:]).splitlines()[-1], flush=True)
             report(results, facts, out)  # after every path: a long run keeps what it measured
+    order = [p.label for p in paths]
+    results.sort(key=lambda r: order.index(r.path.label))
     print("\n" + report(results, facts, out))
     plot(results, f"{task.name} · {model} · N={args.samples} · {len(questions)} questions · "
          f"{facts['date']}", args.out_png)
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {args.out_png}")
+
+
+# Settings that must match for an earlier run's paths to stand beside this run's.
+_SAME = ("model", "task", "questions", "samples", "concurrency", "max_tokens", "temperature",
+         "seed", "peers")
+
+
+def reused(results_json: Path, facts: Mapping[str, Any],
+           paths: Sequence[PeerPath]) -> list[PathResult]:
+    """The paths of an earlier run (`--reuse`) that this run would measure again."""
+    data = json.loads(results_json.read_text())
+    differ = [k for k in _SAME if data["settings"].get(k) != facts[k]]
+    if differ:
+        raise SystemExit(f"--reuse {results_json}: different settings {differ}")
+    wanted = {p.label for p in paths}
+    kept = []
+    for item in data["paths"]:
+        path = PeerPath(**item["path"])
+        if path.label in wanted:
+            kept.append(PathResult(
+                path, StrategySummary(**item["summary"]), item["generated_tokens_per_q"],
+                item["prompt_tokens_computed_per_q"], item["engine_requests_per_q"],
+                item["http_calls_per_q"], item["outcomes"]))
+    print(f"reusing {[r.path.label for r in kept]} from {results_json}", flush=True)
+    return kept
 
 
 def report(results: Sequence[PathResult], facts: Mapping[str, Any], out: Path) -> str:
