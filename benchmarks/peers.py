@@ -303,8 +303,6 @@ def main() -> None:
              "temperature": args.temperature, "seed": args.seed,
              "peers": [OPTILLM, ITS_HUB]}
     results = reused(args.reuse, facts, paths) if args.reuse else []
-    if results:
-        facts["reused from"] = json.loads(args.reuse.read_text())["settings"]["command"]
     done = {r.path.label for r in results}
     todo = [p for p in paths if p.label not in done]
     with peer_servers(python, backend, args.samples, out, {p.runner for p in todo}) as urls:
@@ -327,9 +325,10 @@ _SAME = ("model", "task", "questions", "samples", "concurrency", "max_tokens", "
          "seed", "peers")
 
 
-def reused(results_json: Path, facts: Mapping[str, Any],
+def reused(results_json: Path, facts: dict[str, Any],
            paths: Sequence[PeerPath]) -> list[PathResult]:
-    """The paths of an earlier run (`--reuse`) that this run would measure again."""
+    """The paths of an earlier run (`--reuse`) that this run would measure again; `facts`
+    records the command that measured them."""
     data = json.loads(results_json.read_text())
     differ = [k for k in _SAME if data["settings"].get(k) != facts[k]]
     if differ:
@@ -344,6 +343,8 @@ def reused(results_json: Path, facts: Mapping[str, Any],
                 item["prompt_tokens_computed_per_q"], item["engine_requests_per_q"],
                 item["http_calls_per_q"], item["outcomes"]))
     print(f"reusing {[r.path.label for r in kept]} from {results_json}", flush=True)
+    if kept:
+        facts["reused from"] = data["settings"]["command"]
     return kept
 
 

@@ -39,7 +39,13 @@ from pathlib import Path
 
 import httpx
 
-from harness import offline_llm, save_figure, server_cpu_seconds, split_engine_flags
+from harness import (
+    metric_values,
+    offline_llm,
+    save_figure,
+    server_cpu_seconds,
+    split_engine_flags,
+)
 from tests.servers import REFINERY_READY, free_port, refinery_command, running, spawn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,13 +134,9 @@ def run_server(base_url: str, texts: list[str], samples: int, max_tokens: int, r
 
 def computed_prompt_tokens(base_url: str) -> tuple[float, float]:
     """(prompt tokens the engine was asked for, of those found in the prefix cache)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    totals = {"vllm:prompt_tokens": 0.0, "vllm:prefix_cache_hits": 0.0}
-    for family in text_string_to_metric_families(httpx.get(f"{base_url}/metrics").text):
-        if family.name in totals:
-            totals[family.name] = sum(s.value for s in family.samples if s.name.endswith("_total"))
-    return totals["vllm:prompt_tokens"], totals["vllm:prefix_cache_hits"]
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        values = metric_values(client, "vllm:prompt_tokens_total", "vllm:prefix_cache_hits_total")
+    return values["vllm:prompt_tokens_total"], values["vllm:prefix_cache_hits_total"]
 
 
 def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
