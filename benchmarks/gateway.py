@@ -31,7 +31,7 @@ from pathlib import Path
 
 import httpx
 
-from harness import save_figure, served_model, split_engine_flags
+from harness import prefix_cache_counters, save_figure, served_model, split_engine_flags
 from tests.servers import (
     ServerProcess,
     free_port,
@@ -72,14 +72,8 @@ def questions(count: int) -> list[str]:
 
 def prompt_tokens_computed(engine_url: str) -> float:
     """Prompt tokens the engine prefilled so far: prefix-cache queries − hits."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    totals = {"vllm:prefix_cache_hits_total": 0.0, "vllm:prefix_cache_queries_total": 0.0}
-    for family in text_string_to_metric_families(httpx.get(f"{engine_url}/metrics").text):
-        for sample in family.samples:
-            if sample.name in totals:
-                totals[sample.name] += sample.value
-    return totals["vllm:prefix_cache_queries_total"] - totals["vllm:prefix_cache_hits_total"]
+    hits, queries = prefix_cache_counters(engine_url)
+    return queries - hits
 
 
 async def load(url: str, prompts: list[str], samples: int, max_tokens: int,

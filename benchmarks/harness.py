@@ -95,6 +95,17 @@ def metric_values(client: Any, *names: str,
     return values
 
 
+def prefix_cache_counters(base_url: str) -> tuple[float, float]:
+    """(prompt tokens found in vLLM's prefix cache, prompt tokens looked up) so far, from a
+    server's /metrics: their difference is what the engine prefilled."""
+    import httpx
+
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        values = metric_values(client, "vllm:prefix_cache_hits_total",
+                               "vllm:prefix_cache_queries_total")
+    return values["vllm:prefix_cache_hits_total"], values["vllm:prefix_cache_queries_total"]
+
+
 def save_figure(fig: Any, png: Path) -> None:
     """Write a matplotlib figure as the benchmark's PNG and close it."""
     import matplotlib.pyplot as plt

@@ -26,7 +26,13 @@ from typing import Any
 
 import httpx
 
-from harness import save_figure, served_model, spawn_refinery, split_engine_flags
+from harness import (
+    prefix_cache_counters,
+    save_figure,
+    served_model,
+    spawn_refinery,
+    split_engine_flags,
+)
 from tests.servers import running
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,17 +40,6 @@ SERVED = "model"
 # A filler sentence of a known token count with SmolLM2's tokenizer is not needed: the server
 # reports the prompt's token count in `usage`, and the filler is repeated until it is reached.
 FILLER = " The quick brown fox jumps over the lazy dog."
-
-
-def counters(base_url: str) -> tuple[float, float]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    totals = {"vllm:prefix_cache_hits_total": 0.0, "vllm:prefix_cache_queries_total": 0.0}
-    for family in text_string_to_metric_families(httpx.get(f"{base_url}/metrics").text):
-        for sample in family.samples:
-            if sample.name in totals:
-                totals[sample.name] += sample.value
-    return totals["vllm:prefix_cache_hits_total"], totals["vllm:prefix_cache_queries_total"]
 
 
 def prompt_of(client: httpx.Client, target: int) -> tuple[str, int]:
@@ -66,13 +61,13 @@ def measure(base_url: str, lengths: Sequence[int], samples: Sequence[int]) -> li
             for n in samples:
                 text, _ = prompt_of(client, length)
                 text = f"{uuid.uuid4().hex} " + text  # a fresh first block: nothing cached
-                hits0, queries0 = counters(base_url)
+                hits0, queries0 = prefix_cache_counters(base_url)
                 reply = client.post("/v1/chat/completions", json={
                     "model": SERVED, "messages": [{"role": "user", "content": text}],
                     "max_tokens": 8, "temperature": 0.8, "seed": 1,
                     "strategy": {"name": "self_consistency", "stop": "fixed",
                                  "max_samples": n}}).json()
-                hits1, queries1 = counters(base_url)
+                hits1, queries1 = prefix_cache_counters(base_url)
                 prompt = reply["usage"]["prompt_tokens"]
                 rows.append({"length": prompt, "n": n, "queries": queries1 - queries0,
                              "hits": hits1 - hits0,

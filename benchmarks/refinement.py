@@ -35,6 +35,7 @@ import httpx
 from harness import (
     Question,
     load_questions,
+    prefix_cache_counters,
     run_questions,
     scatter_plot,
     served_model,
@@ -117,27 +118,14 @@ def refinement_step_reuse(base_url: str, tokenizer_folder: Path) -> dict[str, fl
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
     question = len(tokenizer(tokenizer.apply_chat_template(
         messages, add_generation_prompt=True, tokenize=False))["input_ids"])
-    hits0, queries0 = prefix_counters(base_url)
+    hits0, queries0 = prefix_cache_counters(base_url)
     body = {"model": SERVED, "messages": messages, "temperature": 0.7, "max_tokens": 64,
             "seed": 1, "strategy": {"name": "self_refine", "stop": "fixed", "max_iterations": 1}}
     info = httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=600).json()
-    hits1, queries1 = prefix_counters(base_url)
+    hits1, queries1 = prefix_cache_counters(base_url)
     return {"question": question, "hits": hits1 - hits0, "queries": queries1 - queries0,
             "sub_requests": info["strategy"]["usage"]["sub_requests"],
             "block_reusable": 2 * (question // BLOCK) * BLOCK}
-
-
-def prefix_counters(base_url: str) -> tuple[float, float]:
-    """(prefix-cache hits, queries) in prompt tokens, from the server's /metrics."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    totals = {"vllm:prefix_cache_hits_total": 0.0, "vllm:prefix_cache_queries_total": 0.0}
-    text = httpx.get(f"{base_url}/metrics", timeout=10).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name in totals:
-                totals[sample.name] += sample.value
-    return totals["vllm:prefix_cache_hits_total"], totals["vllm:prefix_cache_queries_total"]
 
 
 def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -156,12 +144,12 @@ def main(argv: Sequence[str]) -> int:
     rows = []
     with running(server):
         for name, spec in CONFIGS.items():
-            hits0, queries0 = prefix_counters(server.base_url)
+            hits0, queries0 = prefix_cache_counters(server.base_url)
             answers = asyncio.run(run_questions(
                 server.base_url, questions,
                 functools.partial(ask, spec=spec, max_tokens=args.max_tokens),
                 args.concurrency, name))
-            hits1, queries1 = prefix_counters(server.base_url)
+            hits1, queries1 = prefix_cache_counters(server.base_url)
             row: dict[str, Any] = {
                 "config": name,
                 "accuracy": statistics.mean(a.correct for a in answers),
