@@ -2,7 +2,10 @@
 
 Runs a task's questions under each strategy through a live server (`--base-url`, or one it
 starts: `refinery serve [--model]`), then prints a table and writes results.json, results.md
-and accuracy_vs_tokens.png into `--out`.
+and accuracy_vs_tokens.png into `--out` — after every strategy's pass, so an interrupted run
+keeps the strategies it finished. `--resume` keeps the strategies an earlier run into the same
+`--out` measured under the same settings and runs only the others: one table can grow over
+several sittings (an SC@8 pass of 100 questions on a 1.5B model is half an hour on 2 CPUs).
 """
 
 from __future__ import annotations
@@ -21,16 +24,18 @@ from pathlib import Path
 import httpx
 
 from clients.evaluation.local_server import local_server
-from clients.evaluation.report import text_table, write_report
+from clients.evaluation.report import read_runs, text_table, write_report
 from clients.evaluation.runner import (
     EvalError,
+    StrategyChoice,
+    StrategyRun,
     evaluate,
     parse_strategies,
     resolve_strategies,
     server_presets,
 )
-from clients.evaluation.summary import summarise
-from clients.evaluation.tasks import parse_task
+from clients.evaluation.summary import StrategySummary, summarise
+from clients.evaluation.tasks import Question, parse_task
 
 __all__ = ["build_eval_parser", "run_eval"]
 
@@ -70,6 +75,10 @@ def build_eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per request")
     parser.add_argument("--out", type=Path, help="output folder (default: "
                         "eval-results/<task>-<time>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the strategies --out/results.json already holds (same task, "
+                        "model, questions, seed, concurrency, max tokens, temperature; same "
+                        "label and spec) and run only the others")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -82,6 +91,8 @@ def run_eval(argv: Sequence[str]) -> int:
     try:
         if args.limit < 1 or args.concurrency < 1 or args.max_tokens < 1:
             raise ValueError("--limit, --concurrency and --max-tokens must be at least 1")
+        if args.resume and args.out is None:
+            raise ValueError("--resume needs --out: the folder of the run to go on with")
         task = parse_task(args.task, args.answer_format)
         choices = parse_strategies(args.strategies)
         questions = task.questions(args.limit, args.seed)
@@ -89,27 +100,90 @@ def run_eval(argv: Sequence[str]) -> int:
             raise ValueError(f"task {task.name} has no questions")
         slug = re.sub(r"[^\w.-]+", "_", task.name)
         out = args.out or Path("eval-results") / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
+        facts = {"task": task.name, "questions": len(questions), "seed": args.seed,
+                 "concurrency": args.concurrency, "max_tokens": args.max_tokens,
+                 "temperature": args.temperature}
+        earlier, earlier_runs = ({}, [])
+        if args.resume and (out / "results.json").exists():
+            earlier, earlier_runs = read_runs(out / "results.json")
+            _same_settings(earlier, facts)  # before a server is started for nothing
         server = (contextlib.nullcontext(args.base_url) if args.base_url else
                   local_server(args.model, args.serve_arg, out / "server.log"))
         with server as base_url:
             served, presets = asyncio.run(server_presets(base_url, args.api_key))
             model = args.model if args.base_url and args.model else served
+            if earlier:
+                _same_settings(earlier, {"model": model})
             strategies = resolve_strategies(choices, presets, task.answer_format)
-            runs = asyncio.run(evaluate(
-                base_url, model, task, questions, strategies, concurrency=args.concurrency,
-                max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
-                api_key=args.api_key, progress=not args.quiet, timeout_s=args.timeout))
+            done = _kept_runs(strategies, earlier_runs, questions)
+            settings = {**facts, "model": model, "base_url": args.base_url or "started",
+                        "date": time.strftime("%Y-%m-%d"),
+                        "command": shlex.join(["refinery", "eval", *argv])}
+            if done:
+                before = f"{earlier.get('date', '?')}: {earlier.get('command', '?')}"
+                settings["earlier_commands"] = [*earlier.get("earlier_commands", []), before]
+            order = [choice.label for choice in strategies]
+
+            def record(run: StrategyRun) -> None:
+                done.append(run)
+                _report(out, settings, _in_order(done, order), args.seed, not args.no_plot)
+
+            asyncio.run(evaluate(
+                base_url, model, task, questions,
+                [choice for choice in strategies if choice.label not in _labels(done)],
+                concurrency=args.concurrency, max_tokens=args.max_tokens,
+                temperature=args.temperature, seed=args.seed, api_key=args.api_key,
+                progress=not args.quiet, timeout_s=args.timeout, on_run=record))
     except (EvalError, ValueError, RuntimeError, OSError, httpx.HTTPError) as exc:
         print(f"refinery eval: {exc}", file=sys.stderr)
         return 2
-    summaries = [summarise(run.choice.label, run.outcomes, run.wall_s, seed=args.seed)
-                 for run in runs]
-    settings = {"task": task.name, "model": model, "base_url": args.base_url or "started",
-                "questions": len(questions), "seed": args.seed, "concurrency": args.concurrency,
-                "max_tokens": args.max_tokens, "temperature": args.temperature,
-                "date": time.strftime("%Y-%m-%d"),
-                "command": shlex.join(["refinery", "eval", *argv])}
+    summaries, paths = _report(out, settings, _in_order(done, order), args.seed,
+                               not args.no_plot)
     print(text_table(summaries))
-    for path in write_report(out, settings, runs, summaries, plot=not args.no_plot):
+    for path in paths:
         print(f"wrote {path}")
     return 0
+
+
+def _same_settings(earlier: dict[str, object], facts: dict[str, object]) -> None:
+    differ = {key: (earlier.get(key), value) for key, value in facts.items()
+              if earlier.get(key) != value}
+    if differ:
+        raise ValueError("--resume: the earlier run in --out differs in "
+                         + ", ".join(f"{key} ({was!r} there, {now!r} now)"
+                                     for key, (was, now) in differ.items())
+                         + "; use another --out")
+
+
+def _labels(runs: Sequence[StrategyRun]) -> set[str]:
+    return {run.choice.label for run in runs}
+
+
+def _kept_runs(strategies: Sequence[StrategyChoice], earlier: Sequence[StrategyRun],
+               questions: Sequence[Question]) -> list[StrategyRun]:
+    """The earlier runs to keep: all of them, each checked against this run's questions, and
+    against the strategy of the same label if this run names one (a label measured with
+    another spec would make one table mix two strategies under one name)."""
+    specs = {choice.label: choice.spec for choice in strategies}
+    ids = [question.id for question in questions]
+    for run in earlier:
+        if [outcome.question_id for outcome in run.outcomes] != ids:
+            raise ValueError(f"--resume: {run.choice.label!r} was measured on other questions")
+        if run.choice.label in specs and specs[run.choice.label] != run.choice.spec:
+            raise ValueError(f"--resume: {run.choice.label!r} was measured as "
+                             f"{run.choice.spec!r}, now asked as {specs[run.choice.label]!r}; "
+                             "give it another label (label={...}) or use another --out")
+    return list(earlier)
+
+
+def _in_order(runs: Sequence[StrategyRun], order: Sequence[str]) -> list[StrategyRun]:
+    """The strategies this run names, in its order, then earlier ones it does not name."""
+    rank = {label: i for i, label in enumerate(order)}
+    return sorted(runs, key=lambda run: rank.get(run.choice.label, len(rank)))
+
+
+def _report(out: Path, settings: dict[str, object], runs: Sequence[StrategyRun], seed: int,
+            plot: bool) -> tuple[list[StrategySummary], list[Path]]:
+    summaries = [summarise(run.choice.label, run.outcomes, run.wall_s, seed=seed)
+                 for run in runs]
+    return summaries, write_report(out, settings, runs, summaries, plot=plot)

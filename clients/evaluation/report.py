@@ -1,6 +1,7 @@
 """What `refinery eval` leaves behind: a table on stdout, `results.json` (settings, summaries,
 every question's outcome), `results.md` (the table with the command that made it) and
-`accuracy_vs_tokens.png` (one point per strategy with its 95% interval)."""
+`accuracy_vs_tokens.png` (one point per strategy with its 95% interval). `read_runs` reads a
+results.json back, so that an interrupted or extended evaluation keeps what it measured."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from clients.evaluation.runner import StrategyRun
-from clients.evaluation.summary import StrategySummary
+from clients.evaluation.runner import StrategyChoice, StrategyRun
+from clients.evaluation.summary import Outcome, StrategySummary
 
-__all__ = ["markdown_table", "plot_accuracy_vs_tokens", "text_table", "write_report"]
+__all__ = ["markdown_table", "plot_accuracy_vs_tokens", "read_runs", "text_table",
+           "write_report"]
 
 _COLUMNS = ("strategy", "accuracy", "95% CI", "tokens/q", "sub-req/q", "p50 s", "p95 s", "q/s",
             "errors")
@@ -95,3 +97,17 @@ def write_report(out_dir: Path, settings: Mapping[str, Any], runs: Sequence[Stra
         plot_accuracy_vs_tokens(summaries, title, png)
         paths.append(png)
     return paths
+
+
+def read_runs(json_path: Path) -> tuple[dict[str, Any], list[StrategyRun]]:
+    """(settings, runs) of a results.json `write_report` wrote; ValueError naming the file if
+    it is not one."""
+    try:
+        data = json.loads(json_path.read_text())
+        runs = [StrategyRun(StrategyChoice(run["strategy"], run["spec"]),
+                            tuple(Outcome(**outcome) for outcome in run["outcomes"]),
+                            float(run["wall_s"]))
+                for run in data["runs"]]
+        return dict(data["settings"]), runs
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{json_path} is not a refinery eval results.json ({exc!r})") from exc

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,11 +156,13 @@ async def evaluate(base_url: str, model: str, task: Task, questions: Sequence[Qu
                    temperature: float, seed: int, api_key: str | None = None,
                    progress: bool = True, timeout_s: float = 1800.0,
                    extra_body: Mapping[str, Any] | None = None,
+                   on_run: Callable[[StrategyRun], None] | None = None,
                    transport: httpx.AsyncBaseTransport | None = None) -> list[StrategyRun]:
     """Every question under every strategy; a tqdm bar counts (strategy, question) pairs.
     `extra_body` is merged into every request (a proxy's own options, e.g. benchmarks that
-    put a peer in front of the server); `transport` replaces the network (tests pass an
-    in-process one)."""
+    put a peer in front of the server); `on_run` gets each strategy's run as soon as its pass
+    ends (the command writes its report then, so hours of measurement survive an interrupt);
+    `transport` replaces the network (tests pass an in-process one)."""
     from tqdm import tqdm
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -190,6 +192,8 @@ async def evaluate(base_url: str, model: str, task: Task, questions: Sequence[Qu
                 started = time.perf_counter()
                 outcomes = await asyncio.gather(*(one(i, q) for i, q in enumerate(questions)))
                 runs.append(StrategyRun(choice, tuple(outcomes), time.perf_counter() - started))
+                if on_run is not None:
+                    on_run(runs[-1])
     return runs
 
 

@@ -18,19 +18,31 @@ from tests.servers import ServerProcess, free_port, refinery_command
 TASK = "reasoning_gym:chain_sum?min_terms=2&max_terms=2&min_digits=1&max_digits=1"
 
 
+def eval_command(server: ServerProcess, out: Path, strategies: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "server.cli", "eval", "--base-url", server.base_url,
+            "--task", TASK, "--strategies", strategies, "--limit", "3", "--max-tokens", "24",
+            "--concurrency", "3", "--seed", "7", "--out", str(out), "--quiet", *extra]
+
+
 def test_refinery_eval_reports_every_strategy_on_the_embedded_model(
     server: ServerProcess, tmp_path: Path
 ) -> None:
+    """A first run measures `single`; `--resume` keeps it (the very same outcomes, latencies
+    included) and adds sc8, so one table grows over two sittings."""
     out = tmp_path / "eval"
-    result = subprocess.run(
-        [sys.executable, "-m", "server.cli", "eval", "--base-url", server.base_url,
-         "--task", TASK, "--strategies", "single,sc8", "--limit", "3", "--max-tokens", "24",
-         "--concurrency", "3", "--seed", "7", "--out", str(out), "--quiet"],
-        capture_output=True, text=True, timeout=600,
-    )
+    first = subprocess.run(eval_command(server, out, "single"),
+                           capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    single_before = json.loads((out / "results.json").read_text())["runs"][0]
+    result = subprocess.run(eval_command(server, out, "single,sc8", "--resume"),
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.splitlines()[0].split()[:2] == ["strategy", "accuracy"]
     data = json.loads((out / "results.json").read_text())
+    assert data["runs"][0] == single_before
+    assert data["settings"]["earlier_commands"][0].endswith("--strategies single --limit 3 "
+                                                            "--max-tokens 24 --concurrency 3 "
+                                                            f"--seed 7 --out {out} --quiet")
     summaries = {s["strategy"]: s for s in data["summaries"]}
     assert list(summaries) == ["single", "sc8"]
     assert all(s["questions"] == 3 and s["errors"] == 0 for s in summaries.values())
@@ -42,6 +54,12 @@ def test_refinery_eval_reports_every_strategy_on_the_embedded_model(
     assert data["settings"]["model"] == "smollm2"
     assert (out / "results.md").read_text().count("\n| ") >= 3
     assert (out / "accuracy_vs_tokens.png").stat().st_size > 1000
+
+    relabelled = subprocess.run(
+        eval_command(server, out, 'sc8={"name":"self_consistency","max_samples":4}', "--resume"),
+        capture_output=True, text=True, timeout=300)
+    assert relabelled.returncode == 2
+    assert "'sc8' was measured as" in relabelled.stderr and "another label" in relabelled.stderr
 
 
 def test_refinery_eval_names_an_unknown_strategy(server: ServerProcess, tmp_path: Path) -> None:

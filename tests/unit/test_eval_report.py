@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clients.evaluation.report import markdown_table, text_table, write_report
+from clients.evaluation.command import run_eval
+from clients.evaluation.report import markdown_table, read_runs, text_table, write_report
 from clients.evaluation.runner import StrategyChoice, StrategyRun
 from clients.evaluation.summary import Outcome, bootstrap_interval, percentile, summarise
 
@@ -95,6 +96,40 @@ def test_the_report_writes_json_markdown_and_a_plot(report: tuple[Path, list[Pat
     assert "refinery eval --task reasoning_gym:chain_sum" in markdown
     assert "| sc8 | 1.000 |" in markdown
     assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_written_report_reads_back_as_the_same_runs(report: tuple[Path, list[Path]]) -> None:
+    root, paths = report
+    settings_, runs = read_runs(paths[0])
+    assert settings_["model"] == "smollm2"
+    assert [run.choice for run in runs] == [
+        StrategyChoice("single", None),
+        StrategyChoice("sc8", {"name": "self_consistency", "max_samples": 8})]
+    assert runs[1].outcomes == (outcome(0, True, 800, 8), outcome(1, True, 700, 8))
+    assert runs[1].wall_s == 4
+
+
+def test_a_file_that_is_no_report_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "results.json"
+    path.write_text('{"settings": {}}')
+    with pytest.raises(ValueError, match="is not a refinery eval results.json"):
+        read_runs(path)
+
+
+def test_resume_needs_the_folder_of_the_run(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_eval(["--task", "reasoning_gym:chain_sum", "--resume", "--quiet"]) == 2
+    assert "--resume needs --out" in capsys.readouterr().err
+
+
+def test_resume_refuses_an_earlier_run_with_other_settings(
+        report: tuple[Path, list[Path]], capsys: pytest.CaptureFixture[str]) -> None:
+    """Checked before any server is asked: the base URL below has nothing listening."""
+    root, _ = report
+    code = run_eval(["--task", "reasoning_gym:chain_sum", "--limit", "3", "--resume",
+                     "--out", str(root / "out"), "--base-url", "http://127.0.0.1:9", "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "questions (2 there, 3 now)" in err and "use another --out" in err
 
 
 def test_tables_have_one_row_per_strategy() -> None:
