@@ -17,6 +17,7 @@ __all__ = [
     "load_questions",
     "offline_llm",
     "metric_values",
+    "parse_metric_values",
     "run_questions",
     "save_figure",
     "server_cpu_seconds",
@@ -84,11 +85,18 @@ def metric_values(client: Any, *names: str,
                   where: Mapping[str, str] | None = None) -> dict[str, float]:
     """The current value of each named sample of a server's /metrics (summed over the samples
     whose labels include `where`); `client` is an httpx.Client on the server's base URL."""
+    return parse_metric_values(client.get("/metrics").text, *names, where=where)
+
+
+def parse_metric_values(text: str, *names: str,
+                        where: Mapping[str, str] | None = None) -> dict[str, float]:
+    """`metric_values` of an exposition already fetched: one scrape read with several filters
+    sees one instant."""
     from prometheus_client.parser import text_string_to_metric_families
 
     values = dict.fromkeys(names, 0.0)
     wanted = dict(where or {}).items()
-    for family in text_string_to_metric_families(client.get("/metrics").text):
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name in values and wanted <= sample.labels.items():
                 values[sample.name] += sample.value

@@ -56,7 +56,7 @@ import httpx
 from clients.evaluation.runner import StrategyChoice, evaluate, server_presets
 from clients.evaluation.summary import StrategySummary, summarise
 from clients.evaluation.tasks import Task, parse_task
-from harness import metric_values, save_figure
+from harness import parse_metric_values, save_figure
 from tests.servers import ServerProcess, free_port, running, spawn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,10 +150,10 @@ class PathResult:
 
 def backend_counters(backend: str) -> dict[str, float]:
     with httpx.Client(base_url=backend, timeout=30) as client:
-        counters = metric_values(client, *ENGINE_METRICS)
-        calls = metric_values(client, "refinery_requests_total",
-                              where={"endpoint": "/v1/chat/completions"})
-    return {**counters, **calls}
+        text = client.get("/metrics").text
+    return {**parse_metric_values(text, *ENGINE_METRICS),
+            **parse_metric_values(text, "refinery_requests_total",
+                                  where={"endpoint": "/v1/chat/completions"})}
 
 
 def run_path(path: PeerPath, url: str, backend: str, model: str, task: Task,
@@ -302,7 +302,9 @@ def main() -> None:
              "concurrency": args.concurrency, "max_tokens": args.max_tokens,
              "temperature": args.temperature, "seed": args.seed,
              "peers": [OPTILLM, ITS_HUB]}
-    results = reused(args.reuse, facts, paths) if args.reuse else []
+    results, source = reused(args.reuse, facts, paths) if args.reuse else ([], None)
+    if source:
+        facts["reused from"] = source
     done = {r.path.label for r in results}
     todo = [p for p in paths if p.label not in done]
     with peer_servers(python, backend, args.samples, out, {p.runner for p in todo}) as urls:
@@ -325,10 +327,10 @@ _SAME = ("model", "task", "questions", "samples", "concurrency", "max_tokens", "
          "seed", "peers")
 
 
-def reused(results_json: Path, facts: dict[str, Any],
-           paths: Sequence[PeerPath]) -> list[PathResult]:
-    """The paths of an earlier run (`--reuse`) that this run would measure again; `facts`
-    records the command that measured them."""
+def reused(results_json: Path, facts: Mapping[str, Any],
+           paths: Sequence[PeerPath]) -> tuple[list[PathResult], str | None]:
+    """The paths of an earlier run (`--reuse`) that this run would measure again, and the
+    command that measured them (None when none is kept)."""
     data = json.loads(results_json.read_text())
     differ = [k for k in _SAME if data["settings"].get(k) != facts[k]]
     if differ:
@@ -343,9 +345,7 @@ def reused(results_json: Path, facts: dict[str, Any],
                 item["prompt_tokens_computed_per_q"], item["engine_requests_per_q"],
                 item["http_calls_per_q"], item["outcomes"]))
     print(f"reusing {[r.path.label for r in kept]} from {results_json}", flush=True)
-    if kept:
-        facts["reused from"] = data["settings"]["command"]
-    return kept
+    return kept, (data["settings"]["command"] if kept else None)
 
 
 def report(results: Sequence[PathResult], facts: Mapping[str, Any], out: Path) -> str:

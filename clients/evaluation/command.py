@@ -123,10 +123,12 @@ def run_eval(argv: Sequence[str]) -> int:
                 before = f"{earlier.get('date', '?')}: {earlier.get('command', '?')}"
                 settings["earlier_commands"] = [*earlier.get("earlier_commands", []), before]
             order = [choice.label for choice in strategies]
+            written: list[tuple[list[StrategySummary], list[Path]]] = []
 
             def record(run: StrategyRun) -> None:
                 done.append(run)
-                _report(out, settings, _in_order(done, order), args.seed, not args.no_plot)
+                written[:] = [_report(out, settings, _in_order(done, order), args.seed,
+                                      not args.no_plot)]
 
             asyncio.run(evaluate(
                 base_url, model, task, questions,
@@ -137,8 +139,10 @@ def run_eval(argv: Sequence[str]) -> int:
     except (EvalError, ValueError, RuntimeError, OSError, httpx.HTTPError) as exc:
         print(f"refinery eval: {exc}", file=sys.stderr)
         return 2
-    summaries, paths = _report(out, settings, _in_order(done, order), args.seed,
-                               not args.no_plot)
+    # The last strategy's pass wrote the final files; a --resume with nothing left to run
+    # writes them here (the settings gained an earlier command).
+    summaries, paths = written[-1] if written else _report(
+        out, settings, _in_order(done, order), args.seed, not args.no_plot)
     print(text_table(summaries))
     for path in paths:
         print(f"wrote {path}")
