@@ -3,9 +3,11 @@
 Runs a task's questions under each strategy through a live server (`--base-url`, or one it
 starts: `refinery serve [--model]`), then prints a table and writes results.json, results.md
 and accuracy_vs_tokens.png into `--out` — after every strategy's pass, so an interrupted run
-keeps the strategies it finished. `--resume` keeps the strategies an earlier run into the same
-`--out` measured under the same settings and runs only the others: one table can grow over
-several sittings (an SC@8 pass of 100 questions on a 1.5B model is half an hour on 2 CPUs).
+keeps the strategies it finished — and, in partial.json, the questions the strategy in progress
+had answered. `--resume` keeps the strategies an earlier run into the same `--out` measured
+under the same settings, finishes a pass it left half done and runs only the others: one table
+can grow over several sittings (an SC@8 pass of 100 questions on a 1.5B model is half an hour
+on 2 CPUs).
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from pathlib import Path
 
 import httpx
 
+from clients.evaluation.checkpoint import drop_pass, read_pass, write_pass
 from clients.evaluation.local_server import local_server
 from clients.evaluation.report import read_runs, text_table, write_report
 from clients.evaluation.runner import (
     EvalError,
+    PassSoFar,
     StrategyChoice,
     StrategyRun,
     evaluate,
@@ -78,7 +82,8 @@ def build_eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="keep the strategies --out/results.json already holds (same task, "
                         "model, questions, seed, concurrency, max tokens, temperature; same "
-                        "label and spec) and run only the others")
+                        "label and spec), finish the pass --out/partial.json left half done "
+                        "and run only the others")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -107,6 +112,9 @@ def run_eval(argv: Sequence[str]) -> int:
         if args.resume and (out / "results.json").exists():
             earlier, earlier_runs = read_runs(out / "results.json")
             _same_settings(earlier, facts)  # before a server is started for nothing
+        partial = read_pass(out) if args.resume else None
+        if partial is not None:
+            _same_settings(partial[0], facts)
         server = (contextlib.nullcontext(args.base_url) if args.base_url else
                   local_server(args.model, args.serve_arg, out / "server.log"))
         with server as base_url:
@@ -116,6 +124,10 @@ def run_eval(argv: Sequence[str]) -> int:
                 _same_settings(earlier, {"model": model})
             strategies = resolve_strategies(choices, presets, task.answer_format)
             done = _kept_runs(strategies, earlier_runs, questions)
+            so_far = None
+            if partial is not None:
+                _same_settings(partial[0], {"model": model})
+                so_far = _unfinished_pass(partial[1], strategies, done, questions, out)
             settings = {**facts, "model": model, "base_url": args.base_url or "started",
                         "date": time.strftime("%Y-%m-%d"),
                         "command": shlex.join(["refinery", "eval", *argv])}
@@ -129,13 +141,18 @@ def run_eval(argv: Sequence[str]) -> int:
                 done.append(run)
                 written[:] = [_report(out, settings, _in_order(done, order), args.seed,
                                       not args.no_plot)]
+                drop_pass(out)  # the pass is in results.json now
+
+            def keep(pass_so_far: PassSoFar) -> None:
+                write_pass(out, {**facts, "model": model}, pass_so_far)
 
             asyncio.run(evaluate(
                 base_url, model, task, questions,
                 [choice for choice in strategies if choice.label not in _labels(done)],
                 concurrency=args.concurrency, max_tokens=args.max_tokens,
                 temperature=args.temperature, seed=args.seed, api_key=args.api_key,
-                progress=not args.quiet, timeout_s=args.timeout, on_run=record))
+                progress=not args.quiet, timeout_s=args.timeout, on_run=record,
+                so_far=so_far, on_answer=keep))
     except (EvalError, ValueError, RuntimeError, OSError, httpx.HTTPError) as exc:
         print(f"refinery eval: {exc}", file=sys.stderr)
         return 2
@@ -178,6 +195,34 @@ def _kept_runs(strategies: Sequence[StrategyChoice], earlier: Sequence[StrategyR
                              f"{run.choice.spec!r}, now asked as {specs[run.choice.label]!r}; "
                              "give it another label (label={...}) or use another --out")
     return list(earlier)
+
+
+def _unfinished_pass(so_far: PassSoFar, strategies: Sequence[StrategyChoice],
+                     done: Sequence[StrategyRun], questions: Sequence[Question],
+                     out: Path) -> PassSoFar | None:
+    """The half-done pass to finish: the one partial.json holds if this run names its strategy
+    (same label, same spec) and has not measured it yet. A pass of a strategy this run does not
+    name is dropped, saying so (its file would be overwritten by the first answer anyway)."""
+    label = so_far.choice.label
+    specs = {choice.label: choice.spec for choice in strategies}
+    if any(index >= len(questions) or questions[index].id != outcome.question_id
+           for index, outcome in so_far.outcomes.items()):
+        raise ValueError(f"--resume: the unfinished pass of {label!r} in {out} was measured on "
+                         "other questions; delete its partial.json or use another --out")
+    if label in _labels(done):
+        drop_pass(out)
+        return None
+    if label not in specs:
+        print(f"refinery eval: dropping the unfinished pass of {label!r} "
+              f"({len(so_far.outcomes)} questions answered): --strategies does not name it",
+              file=sys.stderr)
+        drop_pass(out)
+        return None
+    if specs[label] != so_far.choice.spec:
+        raise ValueError(f"--resume: the unfinished pass of {label!r} was measured as "
+                         f"{so_far.choice.spec!r}, now asked as {specs[label]!r}; give it "
+                         "another label (label={...}) or delete its partial.json")
+    return so_far
 
 
 def _in_order(runs: Sequence[StrategyRun], order: Sequence[str]) -> list[StrategyRun]:

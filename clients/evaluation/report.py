@@ -73,6 +73,17 @@ def plot_accuracy_vs_tokens(rows: Sequence[StrategySummary], title: str, png: Pa
     plt.close(fig)
 
 
+def _sittings_note(runs: Sequence[StrategyRun]) -> str:
+    """A line naming the passes finished over several sittings: their q/s divides by the
+    summed wall time, which includes work on the questions in flight when a sitting stopped
+    (those were asked again), so it reads a little low."""
+    resumed = [f"{run.choice.label} ({run.sittings})" for run in runs if run.sittings > 1]
+    if not resumed:
+        return ""
+    return ("\nPasses finished over several sittings: " + ", ".join(resumed) + ". Their q/s "
+            "counts the work lost on the questions in flight when a sitting stopped.\n")
+
+
 def write_report(out_dir: Path, settings: Mapping[str, Any], runs: Sequence[StrategyRun],
                  summaries: Sequence[StrategySummary], *, plot: bool = True) -> list[Path]:
     """Write results.json, results.md and (with `plot`) accuracy_vs_tokens.png; returns their
@@ -82,14 +93,15 @@ def write_report(out_dir: Path, settings: Mapping[str, Any], runs: Sequence[Stra
         "settings": dict(settings),
         "summaries": [s.as_dict() for s in summaries],
         "runs": [{"strategy": run.choice.label, "spec": run.choice.spec, "wall_s": run.wall_s,
-                  "outcomes": [asdict(o) for o in run.outcomes]} for run in runs],
+                  "sittings": run.sittings, "outcomes": [asdict(o) for o in run.outcomes]}
+                 for run in runs],
     }
     json_path = out_dir / "results.json"
     json_path.write_text(json.dumps(data, indent=2, default=str))
     facts = "\n".join(f"- {key}: `{value}`" for key, value in settings.items())
     md_path = out_dir / "results.md"
     md_path.write_text(f"# refinery eval: {settings.get('task', '')}\n\n{facts}\n\n"
-                       f"{markdown_table(summaries)}\n")
+                       f"{markdown_table(summaries)}\n{_sittings_note(runs)}")
     paths = [json_path, md_path]
     if plot:
         png = out_dir / "accuracy_vs_tokens.png"
@@ -106,7 +118,7 @@ def read_runs(json_path: Path) -> tuple[dict[str, Any], list[StrategyRun]]:
         data = json.loads(json_path.read_text())
         runs = [StrategyRun(StrategyChoice(run["strategy"], run["spec"]),
                             tuple(Outcome(**outcome) for outcome in run["outcomes"]),
-                            float(run["wall_s"]))
+                            float(run["wall_s"]), int(run.get("sittings", 1)))
                 for run in data["runs"]]
         return dict(data["settings"]), runs
     except (ValueError, KeyError, TypeError) as exc:

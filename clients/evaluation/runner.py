@@ -8,7 +8,9 @@ vote on the same answers the task judges.
 
 Strategies run one after another (so each has its own wall time and questions/s); the
 questions of one strategy run `concurrency` at a time. Question i is sent with seed
-`seed * 100_000 + 64 * i` under every strategy (a strategy's samples take the next seeds).
+`seed * 100_000 + 64 * i` under every strategy (a strategy's samples take the next seeds), so
+a pass that an interrupted sitting left half done can be finished later asking only the
+questions it had not answered: the answers are the ones one sitting would have got.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ import httpx
 from clients.evaluation.summary import Outcome
 from clients.evaluation.tasks import Question, Task
 
-__all__ = ["EvalError", "StrategyChoice", "StrategyRun", "evaluate", "parse_strategies",
-           "resolve_strategies", "server_presets"]
+__all__ = ["EvalError", "PassSoFar", "StrategyChoice", "StrategyRun", "evaluate",
+           "parse_strategies", "resolve_strategies", "server_presets"]
 
 SINGLE = "single"
 # Statuses that mean the run is misconfigured (bad strategy, key, model): stop, don't count.
@@ -47,9 +49,24 @@ class StrategyChoice:
 
 @dataclass(frozen=True)
 class StrategyRun:
+    """A strategy's finished pass; `wall_s` sums the sittings it took (`sittings` > 1 only
+    when an interrupted pass was finished later)."""
+
     choice: StrategyChoice
     outcomes: tuple[Outcome, ...]
     wall_s: float
+    sittings: int = 1
+
+
+@dataclass(frozen=True)
+class PassSoFar:
+    """A strategy's pass in progress: the outcomes of the questions answered so far (by
+    question index), the wall time spent on them and the sittings it has run in."""
+
+    choice: StrategyChoice
+    outcomes: Mapping[int, Outcome]
+    wall_s: float
+    sittings: int = 1
 
 
 def _split_top_level(text: str) -> list[str]:
@@ -157,12 +174,17 @@ async def evaluate(base_url: str, model: str, task: Task, questions: Sequence[Qu
                    progress: bool = True, timeout_s: float = 1800.0,
                    extra_body: Mapping[str, Any] | None = None,
                    on_run: Callable[[StrategyRun], None] | None = None,
+                   so_far: PassSoFar | None = None,
+                   on_answer: Callable[[PassSoFar], None] | None = None,
                    transport: httpx.AsyncBaseTransport | None = None) -> list[StrategyRun]:
     """Every question under every strategy; a tqdm bar counts (strategy, question) pairs.
     `extra_body` is merged into every request (a proxy's own options, e.g. benchmarks that
     put a peer in front of the server); `on_run` gets each strategy's run as soon as its pass
     ends (the command writes its report then, so hours of measurement survive an interrupt);
-    `transport` replaces the network (tests pass an in-process one)."""
+    `on_answer` gets the pass so far after every answered question (the command keeps it, so
+    an interrupt costs only the questions in flight); `so_far`, an earlier sitting's part of
+    one of `strategies`' passes, is finished rather than run again; `transport` replaces the
+    network (tests pass an in-process one)."""
     from tqdm import tqdm
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -173,28 +195,45 @@ async def evaluate(base_url: str, model: str, task: Task, questions: Sequence[Qu
                   desc="refinery eval") as bar:
             for choice in strategies:
                 bar.set_postfix_str(choice.label)
-                gate = asyncio.Semaphore(concurrency)
-
-                async def one(index: int, question: Question,
-                              choice: StrategyChoice = choice,
-                              gate: asyncio.Semaphore = gate) -> Outcome:
-                    body: dict[str, Any] = {
-                        "model": model, "messages": list(question.messages),
-                        "max_tokens": max_tokens, "temperature": temperature,
-                        "seed": seed * 100_000 + 64 * index, **(extra_body or {})}
-                    if choice.spec is not None:
-                        body["strategy"] = dict(choice.spec)
-                    async with gate:
-                        outcome = await _ask(client, task, question, body)
-                    bar.update()
-                    return outcome
-
-                started = time.perf_counter()
-                outcomes = await asyncio.gather(*(one(i, q) for i, q in enumerate(questions)))
-                runs.append(StrategyRun(choice, tuple(outcomes), time.perf_counter() - started))
+                template: dict[str, Any] = {"model": model, "max_tokens": max_tokens,
+                                            "temperature": temperature, **(extra_body or {})}
+                if choice.spec is not None:
+                    template["strategy"] = dict(choice.spec)
+                start = so_far if so_far is not None and so_far.choice == choice else (
+                    PassSoFar(choice, {}, 0.0, 0))
+                runs.append(await _pass(client, task, questions, template, start,
+                                        concurrency=concurrency, seed=seed, bar=bar,
+                                        on_answer=on_answer))
                 if on_run is not None:
                     on_run(runs[-1])
     return runs
+
+
+async def _pass(client: httpx.AsyncClient, task: Task, questions: Sequence[Question],
+                template: Mapping[str, Any], start: PassSoFar, *, concurrency: int, seed: int,
+                bar: Any, on_answer: Callable[[PassSoFar], None] | None) -> StrategyRun:
+    """One strategy's pass: the questions `start` has not answered, `concurrency` at a time,
+    each request `template` plus the question's messages and seed. The wall time adds to
+    `start`'s (this sitting is one more)."""
+    answered = dict(start.outcomes)
+    sittings = start.sittings + 1
+    bar.update(len(answered))
+    gate = asyncio.Semaphore(concurrency)
+    started = time.perf_counter()
+
+    async def answer(index: int, question: Question) -> None:
+        body = {**template, "messages": list(question.messages),
+                "seed": seed * 100_000 + 64 * index}
+        async with gate:
+            answered[index] = await _ask(client, task, question, body)
+        bar.update()
+        if on_answer is not None:
+            on_answer(PassSoFar(start.choice, dict(answered),
+                                start.wall_s + time.perf_counter() - started, sittings))
+
+    await asyncio.gather(*(answer(i, q) for i, q in enumerate(questions) if i not in answered))
+    return StrategyRun(start.choice, tuple(answered[i] for i in range(len(questions))),
+                       start.wall_s + time.perf_counter() - started, sittings)
 
 
 async def server_presets(base_url: str, api_key: str | None = None

@@ -13,6 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from clients.evaluation.checkpoint import read_pass, write_pass
+from clients.evaluation.report import read_runs
+from clients.evaluation.runner import PassSoFar, StrategyChoice
 from tests.servers import ServerProcess, free_port, refinery_command
 
 TASK = "reasoning_gym:chain_sum?min_terms=2&max_terms=2&min_digits=1&max_digits=1"
@@ -60,6 +63,35 @@ def test_refinery_eval_reports_every_strategy_on_the_embedded_model(
         capture_output=True, text=True, timeout=300)
     assert relabelled.returncode == 2
     assert "'sc8' was measured as" in relabelled.stderr and "another label" in relabelled.stderr
+
+
+def test_resume_finishes_a_half_done_pass_asking_only_what_it_lacks(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """A pass of `again` (plain requests, like `single`) that an earlier sitting left after
+    two of three questions: `--resume` asks only the third, keeps the two outcomes as they
+    were (latencies included), adds the sittings' wall times and removes partial.json."""
+    out = tmp_path / "eval"
+    first = subprocess.run(eval_command(server, out, "single"),
+                           capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    settings, (single,) = read_runs(out / "results.json")
+    facts = {key: settings[key] for key in ("task", "questions", "seed", "concurrency",
+                                            "max_tokens", "temperature", "model")}
+    again = StrategyChoice("again", None)
+    write_pass(out, facts, PassSoFar(again, dict(enumerate(single.outcomes[:2])), 70.0, 1))
+    result = subprocess.run(eval_command(server, out, "single,again=single", "--resume"),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, (kept, finished) = read_runs(out / "results.json")
+    assert kept == single
+    assert finished.choice == again and finished.sittings == 2 and finished.wall_s > 70.0
+    assert finished.outcomes[:2] == single.outcomes[:2]
+    assert finished.outcomes[2].question_id == single.outcomes[2].question_id
+    assert finished.outcomes[2].latency_s != single.outcomes[2].latency_s  # asked again
+    assert finished.outcomes[2].completion_tokens > 0
+    assert read_pass(out) is None
+    assert "several sittings: again (2)" in (out / "results.md").read_text()
 
 
 def test_refinery_eval_names_an_unknown_strategy(server: ServerProcess, tmp_path: Path) -> None:

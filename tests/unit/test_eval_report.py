@@ -139,3 +139,12 @@ def test_tables_have_one_row_per_strategy() -> None:
     assert len(text) == 3 and text[0].startswith("strategy") and text[2].startswith("bon8")
     assert len({len(line) for line in text}) == 1  # aligned
     assert markdown_table(rows).count("\n") == 3
+
+
+def test_a_pass_over_several_sittings_is_named_and_read_back(tmp_path: Path) -> None:
+    runs = [StrategyRun(StrategyChoice("single", None), (outcome(0, True),), 2.0),
+            StrategyRun(StrategyChoice("bon8", "bon8"), (outcome(0, True, 900, 8),), 9.0, 3)]
+    rows = [summarise(r.choice.label, r.outcomes, r.wall_s) for r in runs]
+    json_path, md_path = write_report(tmp_path, {"task": "t"}, runs, rows, plot=False)
+    assert "several sittings: bon8 (3)." in md_path.read_text()
+    assert [run.sittings for run in read_runs(json_path)[1]] == [1, 3]

@@ -13,11 +13,13 @@ import pytest
 
 from clients.evaluation.runner import (
     EvalError,
+    PassSoFar,
     StrategyChoice,
     evaluate,
     parse_strategies,
     resolve_strategies,
 )
+from clients.evaluation.summary import Outcome
 from clients.evaluation.tasks import parse_task
 
 PRESETS = {"sc8": {"name": "self_consistency", "stop": "fixed", "max_samples": 8},
@@ -84,11 +86,12 @@ def jsonl_task(tmp_path: Path):
     return parse_task(str(path), answer_format="answer_is")
 
 
-def run(task, server: FakeServer, strategies: list[StrategyChoice], extra_body=None):
+def run(task, server: FakeServer, strategies: list[StrategyChoice], extra_body=None, **more):
     questions = task.questions(None, seed=0)
     return asyncio.run(evaluate("http://eval", "m", task, questions, strategies, concurrency=2,
                                 max_tokens=64, temperature=0.7, seed=3, progress=False,
-                                extra_body=extra_body, transport=httpx.MockTransport(server)))
+                                extra_body=extra_body, transport=httpx.MockTransport(server),
+                                **more))
 
 
 def test_every_question_runs_under_every_strategy_with_seeds_and_usage(tmp_path: Path) -> None:
@@ -124,3 +127,33 @@ def test_a_refused_request_stops_the_run(tmp_path: Path) -> None:
 def test_a_server_error_is_counted_against_the_question(tmp_path: Path) -> None:
     (run_,) = run(jsonl_task(tmp_path), FakeServer(503), [StrategyChoice("single", None)])
     assert all(not o.correct and o.error == "HTTP 503: nope" for o in run_.outcomes)
+
+
+def test_every_answer_hands_on_the_pass_so_far(tmp_path: Path) -> None:
+    seen: list[PassSoFar] = []
+    (run_,) = run(jsonl_task(tmp_path), FakeServer(), [StrategyChoice("single", None)],
+                  on_answer=seen.append)
+    assert [len(p.outcomes) for p in seen] == [1, 2, 3, 4]
+    assert all(p.choice == StrategyChoice("single", None) and p.sittings == 1 for p in seen)
+    assert [p.wall_s for p in seen] == sorted(p.wall_s for p in seen)
+    assert dict(seen[-1].outcomes) == dict(enumerate(run_.outcomes))
+    assert run_.sittings == 1 and run_.wall_s >= seen[-1].wall_s
+
+
+def test_a_half_done_pass_asks_only_the_questions_it_lacks(tmp_path: Path) -> None:
+    """Questions 0 and 2 were answered in an earlier sitting of 50 s: only 1 and 3 are asked,
+    with the seeds one sitting would have used, and the kept outcomes stay as they were."""
+    server = FakeServer()
+    single = StrategyChoice("single", None)
+    task = jsonl_task(tmp_path)
+    ids = [q.id for q in task.questions(None, seed=0)]
+    kept = {i: Outcome(ids[i], True, str(i), 7, 7, 1, 9.5) for i in (0, 2)}
+    sc8, single_run = run(task, server, [*resolve_strategies(parse_strategies("sc8"), PRESETS,
+                                                               "answer_is"), single],
+                          so_far=PassSoFar(single, kept, 50.0, 1))
+    assert [b["seed"] for b in server.bodies if "strategy" not in b] == [300_064, 300_192]
+    assert len(server.bodies) == 4 + 2  # sc8 in full, single's two missing questions
+    assert single_run.outcomes[0] == kept[0] and single_run.outcomes[2] == kept[2]
+    assert [o.question_id for o in single_run.outcomes] == ids
+    assert single_run.sittings == 2 and single_run.wall_s >= 50.0
+    assert sc8.sittings == 1 and sc8.wall_s < 50.0  # the pass so far was not sc8's
