@@ -165,7 +165,7 @@ async def _ask(client: httpx.AsyncClient, task: Task, question: Question, body: 
     judgement = await asyncio.to_thread(task.judge, question, reply)
     return Outcome(question.id, judgement.correct, judgement.answer,
                    int(usage.get("completion_tokens", 0)), int(usage.get("prompt_tokens", 0)),
-                   int(sub_requests), latency)
+                   int(sub_requests), latency, reply=reply, detail=judgement.detail)
 
 
 async def evaluate(base_url: str, model: str, task: Task, questions: Sequence[Question],

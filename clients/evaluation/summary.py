@@ -14,7 +14,9 @@ __all__ = ["Outcome", "StrategySummary", "bootstrap_interval", "percentile", "su
 
 @dataclass(frozen=True)
 class Outcome:
-    """One question under one strategy, as the client saw it."""
+    """One question under one strategy, as the client saw it: `reply` is the returned text
+    and `detail` the judge's reason where the answer alone does not say it (a failed
+    program's output), so a wrong answer can be audited without asking again."""
 
     question_id: str
     correct: bool
@@ -24,6 +26,8 @@ class Outcome:
     sub_requests: int
     latency_s: float
     error: str | None = None
+    reply: str | None = None
+    detail: str | None = None
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -59,6 +59,7 @@ class Question:
 class Judgement:
     correct: bool
     answer: str | None  # what was extracted from the reply (or the sandbox's verdict)
+    detail: str | None = None  # why, where the answer alone does not say (the sandbox's tail)
 
 
 class Task(Protocol):
@@ -158,7 +159,8 @@ class HumanEvalTask:
 
     def judge(self, question: Question, reply: str) -> Judgement:
         result = run_python(humaneval_program(question.gold, reply), self.limits)
-        return Judgement(result.passed, result.status)
+        return Judgement(result.passed, result.status,
+                         None if result.passed else (result.output.strip() or None))
 
 
 def _humaneval_data() -> Path:

@@ -11,6 +11,7 @@ import pytest
 from clients.evaluation.tasks import (
     HumanEvalTask,
     JsonlTask,
+    Judgement,
     ReasoningGymTask,
     humaneval_program,
     parse_task,
@@ -96,7 +97,7 @@ def test_humaneval_canonical_solutions_pass_in_every_reply_shape(
     problem = question.gold
     full = f"Here it is:\n```python\n{problem['prompt']}{problem['canonical_solution']}```\n"
     task = HumanEvalTask()
-    assert task.judge(question, full).correct
+    assert task.judge(question, full) == Judgement(True, "passed", None)
     assert task.judge(question, problem["canonical_solution"]).correct
 
 
@@ -104,9 +105,11 @@ def test_humaneval_wrong_or_missing_code_fails(humaneval_problems: dict) -> None
     question = humaneval_problems["HumanEval/0"]
     entry = question.gold["entry_point"]
     task = HumanEvalTask()
-    assert not task.judge(question, f"```python\ndef {entry}(numbers, threshold):\n"
-                                    "    return False\n```").correct
-    assert not task.judge(question, "Sorry, I cannot help with that.").correct
+    wrong = task.judge(question, f"```python\ndef {entry}(numbers, threshold):\n"
+                                 "    return False\n```")
+    assert not wrong.correct and "AssertionError" in wrong.detail  # the sandbox's tail
+    refusal = task.judge(question, "Sorry, I cannot help with that.")
+    assert not refusal.correct and "SyntaxError" in refusal.detail
 
 
 def test_humaneval_program_runs_the_problem_tests(humaneval_problems: dict) -> None:
