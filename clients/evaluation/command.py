@@ -142,6 +142,7 @@ def run_eval(argv: Sequence[str]) -> int:
                 written[:] = [_report(out, settings, _in_order(done, order), args.seed,
                                       not args.no_plot)]
                 drop_pass(out)  # the pass is in results.json now
+                _warn_of_deadlines(run, args.concurrency)
 
             def keep(pass_so_far: PassSoFar) -> None:
                 write_pass(out, {**facts, "model": model}, pass_so_far)
@@ -195,6 +196,18 @@ def _kept_runs(strategies: Sequence[StrategyChoice], earlier: Sequence[StrategyR
                              f"{run.choice.spec!r}, now asked as {specs[run.choice.label]!r}; "
                              "give it another label (label={...}) or use another --out")
     return list(earlier)
+
+
+def _warn_of_deadlines(run: StrategyRun, concurrency: int) -> None:
+    """Say so when questions ran past the server's request deadline: they count as wrong, and
+    the cause is usually the evaluation's own load (`concurrency` questions × the strategy's
+    samples sharing the engine), not the strategy."""
+    late = sum((outcome.error or "").startswith("HTTP 504") for outcome in run.outcomes)
+    if late:
+        print(f"refinery eval: {late} of {len(run.outcomes)} questions under {run.choice.label!r} "
+              "ran past the server's request deadline (HTTP 504) and count as wrong; lower "
+              f"--concurrency (now {concurrency}) or give the server a longer "
+              "REFINERY_REQUEST_TIMEOUT", file=sys.stderr)
 
 
 def _unfinished_pass(so_far: PassSoFar, strategies: Sequence[StrategyChoice],

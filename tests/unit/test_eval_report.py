@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clients.evaluation.command import run_eval
+from clients.evaluation.command import _warn_of_deadlines, run_eval
 from clients.evaluation.report import markdown_table, read_runs, text_table, write_report
 from clients.evaluation.runner import StrategyChoice, StrategyRun
 from clients.evaluation.summary import Outcome, bootstrap_interval, percentile, summarise
@@ -148,3 +148,16 @@ def test_a_pass_over_several_sittings_is_named_and_read_back(tmp_path: Path) -> 
     json_path, md_path = write_report(tmp_path, {"task": "t"}, runs, rows, plot=False)
     assert "several sittings: bon8 (3)." in md_path.read_text()
     assert [run.sittings for run in read_runs(json_path)[1]] == [1, 3]
+
+
+def test_questions_past_the_server_deadline_are_pointed_out(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    late = "HTTP 504: the request ran past this server's limit of 600 s and was aborted"
+    run = StrategyRun(StrategyChoice("bon8", "bon8"),
+                      (outcome(0, True), outcome(1, False, error=late),
+                       outcome(2, False, error="HTTP 503: overloaded")), 9.0)
+    _warn_of_deadlines(run, 16)
+    err = capsys.readouterr().err
+    assert "1 of 3 questions under 'bon8' ran past" in err and "--concurrency (now 16)" in err
+    _warn_of_deadlines(StrategyRun(run.choice, run.outcomes[::2], 9.0), 16)
+    assert capsys.readouterr().err == ""
