@@ -246,6 +246,8 @@ def _in_order(runs: Sequence[StrategyRun], order: Sequence[str]) -> list[Strateg
 
 def _report(out: Path, settings: dict[str, object], runs: Sequence[StrategyRun], seed: int,
             plot: bool) -> tuple[list[StrategySummary], list[Path]]:
-    summaries = [summarise(run.choice.label, run.outcomes, run.wall_s, seed=seed)
-                 for run in runs]
+    baseline = (runs[0].choice.label, runs[0].outcomes) if runs else None
+    summaries = [summarise(run.choice.label, run.outcomes, run.wall_s, seed=seed,
+                           baseline=baseline if n else None)
+                 for n, run in enumerate(runs)]
     return summaries, write_report(out, settings, runs, summaries, plot=plot)

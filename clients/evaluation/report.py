@@ -22,26 +22,43 @@ _COLUMNS = ("strategy", "accuracy", "95% CI", "tokens/q", "sub-req/q", "p50 s", 
             "errors")
 
 
-def _cells(row: StrategySummary) -> list[str]:
-    return [row.strategy, f"{row.accuracy:.3f}", f"{row.ci_low:.2f}–{row.ci_high:.2f}",
-            f"{row.completion_tokens_per_question:.0f}", f"{row.sub_requests_per_question:.1f}",
-            f"{row.latency_p50_s:.2f}", f"{row.latency_p95_s:.2f}",
-            f"{row.questions_per_s:.3f}", str(row.errors)]
+def _columns(rows: Sequence[StrategySummary]) -> list[str]:
+    """The fixed columns, then one for the paired comparison if any row has a baseline."""
+    baselines = [row.baseline for row in rows if row.baseline is not None]
+    return [*_COLUMNS, f"vs {baselines[0]}"] if baselines else list(_COLUMNS)
+
+
+def _paired_cell(row: StrategySummary) -> str:
+    """`+19/−3 p=0.001`: questions won and lost against the baseline, exact McNemar p."""
+    if row.baseline is None or row.won is None or row.lost is None or row.paired_p is None:
+        return "—"
+    p = "p<0.001" if row.paired_p < 0.001 else f"p={row.paired_p:.3f}"
+    return f"+{row.won}/−{row.lost} {p}"
+
+
+def _cells(row: StrategySummary, columns: int) -> list[str]:
+    cells = [row.strategy, f"{row.accuracy:.3f}", f"{row.ci_low:.2f}–{row.ci_high:.2f}",
+             f"{row.completion_tokens_per_question:.0f}", f"{row.sub_requests_per_question:.1f}",
+             f"{row.latency_p50_s:.2f}", f"{row.latency_p95_s:.2f}",
+             f"{row.questions_per_s:.3f}", str(row.errors), _paired_cell(row)]
+    return cells[:columns]
 
 
 def text_table(rows: Sequence[StrategySummary]) -> str:
     """Aligned columns for a terminal."""
-    grid = [list(_COLUMNS), *(_cells(r) for r in rows)]
-    widths = [max(len(line[i]) for line in grid) for i in range(len(_COLUMNS))]
+    columns = _columns(rows)
+    grid = [columns, *(_cells(r, len(columns)) for r in rows)]
+    widths = [max(len(line[i]) for line in grid) for i in range(len(columns))]
     return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
                                for i, (cell, w) in enumerate(zip(line, widths, strict=True)))
                      for line in grid)
 
 
 def markdown_table(rows: Sequence[StrategySummary]) -> str:
-    lines = ["| " + " | ".join(_COLUMNS) + " |",
-             "|" + "|".join(["---"] + ["---:"] * (len(_COLUMNS) - 1)) + "|"]
-    lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+    columns = _columns(rows)
+    lines = ["| " + " | ".join(columns) + " |",
+             "|" + "|".join(["---"] + ["---:"] * (len(columns) - 1)) + "|"]
+    lines += ["| " + " | ".join(_cells(r, len(columns))) + " |" for r in rows]
     return "\n".join(lines)
 
 

@@ -1,5 +1,6 @@
 """Per-strategy numbers of an evaluation: accuracy with a seeded 95% bootstrap interval,
-tokens and sub-requests per question, latency percentiles and questions per second."""
+tokens and sub-requests per question, latency percentiles, questions per second, and the
+question-by-question comparison with a baseline strategy (exact McNemar test)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["Outcome", "StrategySummary", "bootstrap_interval", "percentile", "summarise"]
+__all__ = ["Outcome", "StrategySummary", "bootstrap_interval", "mcnemar_exact_p", "percentile",
+           "summarise"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,19 @@ def bootstrap_interval(values: Sequence[float], confidence: float = 0.95,
     return (percentile(means, 100 * tail), percentile(means, 100 * (1 - tail)))
 
 
+def mcnemar_exact_p(won: int, lost: int) -> float:
+    """Two-sided exact McNemar test (McNemar 1947; the binomial form for small counts): the
+    chance that the questions two strategies disagree on split at least this unevenly if
+    both were equally good. Only the discordant questions carry information; with 100
+    questions the bootstrap intervals of two strategies can overlap while the paired split
+    (e.g. 19 won, 3 lost) is clearly not chance."""
+    n = won + lost
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(won, lost) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
 @dataclass(frozen=True)
 class StrategySummary:
     strategy: str
@@ -69,14 +84,21 @@ class StrategySummary:
     latency_p95_s: float
     questions_per_s: float
     errors: int
+    # Question by question against `baseline` (the run's first strategy): right here and
+    # wrong there (`won`), the reverse (`lost`), and the exact McNemar p-value of that split.
+    baseline: str | None = None
+    won: int | None = None
+    lost: int | None = None
+    paired_p: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def summarise(strategy: str, outcomes: Sequence[Outcome], wall_s: float,
-              seed: int = 0) -> StrategySummary:
-    """The numbers of one strategy's pass over the questions (`wall_s`: its wall time)."""
+def summarise(strategy: str, outcomes: Sequence[Outcome], wall_s: float, seed: int = 0,
+              baseline: tuple[str, Sequence[Outcome]] | None = None) -> StrategySummary:
+    """The numbers of one strategy's pass over the questions (`wall_s`: its wall time), and
+    with `baseline` (label, outcomes) the paired comparison on the questions both answered."""
     n = len(outcomes)
     hits = [1.0 if o.correct else 0.0 for o in outcomes]
     low, high = bootstrap_interval(hits, seed=seed)
@@ -94,4 +116,16 @@ def summarise(strategy: str, outcomes: Sequence[Outcome], wall_s: float,
         latency_p50_s=percentile(latencies, 50), latency_p95_s=percentile(latencies, 95),
         questions_per_s=n / wall_s if wall_s > 0 else math.nan,
         errors=sum(o.error is not None for o in outcomes),
+        **(_paired(baseline, outcomes) if baseline is not None else {}),
     )
+
+
+def _paired(baseline: tuple[str, Sequence[Outcome]],
+            outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    label, base = baseline
+    right_there = {o.question_id: o.correct for o in base}
+    pairs = [(o.correct, right_there[o.question_id]) for o in outcomes
+             if o.question_id in right_there]
+    won = sum(here and not there for here, there in pairs)
+    lost = sum(there and not here for here, there in pairs)
+    return {"baseline": label, "won": won, "lost": lost, "paired_p": mcnemar_exact_p(won, lost)}

@@ -14,7 +14,13 @@ from hypothesis import strategies as st
 from clients.evaluation.command import _warn_of_deadlines, run_eval
 from clients.evaluation.report import markdown_table, read_runs, text_table, write_report
 from clients.evaluation.runner import StrategyChoice, StrategyRun
-from clients.evaluation.summary import Outcome, bootstrap_interval, percentile, summarise
+from clients.evaluation.summary import (
+    Outcome,
+    bootstrap_interval,
+    mcnemar_exact_p,
+    percentile,
+    summarise,
+)
 
 
 def outcome(i: int, correct: bool, tokens: int = 100, subs: int = 1,
@@ -161,3 +167,30 @@ def test_questions_past_the_server_deadline_are_pointed_out(
     assert "1 of 3 questions under 'bon8' ran past" in err and "--concurrency (now 16)" in err
     _warn_of_deadlines(StrategyRun(run.choice, run.outcomes[::2], 9.0), 16)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(("won", "lost", "p"), [
+    (19, 3, 0.00085545), (3, 19, 0.00085545), (5, 9, 0.42395), (23, 2, 0.0000194311), (1, 1, 1.0),
+    (0, 0, 1.0), (6, 0, 0.03125)])
+def test_the_exact_mcnemar_p_value_is_the_two_sided_binomial_tail(won: int, lost: int,
+                                                                   p: float) -> None:
+    """Reference values: scipy.stats.binomtest(min, won + lost, 0.5).pvalue."""
+    assert mcnemar_exact_p(won, lost) == pytest.approx(p, rel=1e-3)
+
+
+def test_strategies_are_compared_question_by_question_with_the_first(tmp_path: Path) -> None:
+    single = StrategyRun(StrategyChoice("single", None),
+                         tuple(outcome(i, i < 2) for i in range(8)), 2.0)
+    sc8 = StrategyRun(StrategyChoice("sc8", "sc8"),
+                      tuple(outcome(i, i != 0) for i in range(8)), 4.0)  # +6 won, 1 lost
+    rows = [summarise("single", single.outcomes, 2.0),
+            summarise("sc8", sc8.outcomes, 4.0, baseline=("single", single.outcomes))]
+    assert (rows[1].baseline, rows[1].won, rows[1].lost) == ("single", 6, 1)
+    assert rows[1].paired_p == pytest.approx(mcnemar_exact_p(6, 1))
+    assert rows[0].baseline is None
+    header, first, second = text_table(rows).splitlines()
+    assert header.split()[-2:] == ["vs", "single"]
+    assert first.rstrip().endswith("—") and second.rstrip().endswith("+6/−1 p=0.125")
+    _, md_path = write_report(tmp_path, {"task": "t"}, [single, sc8], rows, plot=False)
+    assert "| vs single |" in md_path.read_text()
+    assert "| —" not in markdown_table(rows[:1])  # one strategy: no comparison column
