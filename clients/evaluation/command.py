@@ -246,8 +246,11 @@ def _in_order(runs: Sequence[StrategyRun], order: Sequence[str]) -> list[Strateg
 
 def _report(out: Path, settings: dict[str, object], runs: Sequence[StrategyRun], seed: int,
             plot: bool) -> tuple[list[StrategySummary], list[Path]]:
-    baseline = (runs[0].choice.label, runs[0].outcomes) if runs else None
+    # Every strategy is compared with the plain request (`single`) when the table has one, so
+    # the baseline stays put however a --resume orders the rows; else with the first row.
+    base = next((run for run in runs if run.choice.spec is None), runs[0]) if runs else None
     summaries = [summarise(run.choice.label, run.outcomes, run.wall_s, seed=seed,
-                           baseline=baseline if n else None)
-                 for n, run in enumerate(runs)]
+                           baseline=None if base is None or run is base
+                           else (base.choice.label, base.outcomes))
+                 for run in runs]
     return summaries, write_report(out, settings, runs, summaries, plot=plot)
