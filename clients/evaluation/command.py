@@ -27,7 +27,7 @@ import httpx
 
 from clients.evaluation.checkpoint import drop_pass, read_pass, write_pass
 from clients.evaluation.local_server import local_server
-from clients.evaluation.report import read_runs, text_table, write_report
+from clients.evaluation.report import read_runs, summarise_runs, text_table, write_report
 from clients.evaluation.runner import (
     EvalError,
     PassSoFar,
@@ -38,7 +38,7 @@ from clients.evaluation.runner import (
     resolve_strategies,
     server_presets,
 )
-from clients.evaluation.summary import StrategySummary, summarise
+from clients.evaluation.summary import StrategySummary
 from clients.evaluation.tasks import Question, parse_task
 
 __all__ = ["build_eval_parser", "run_eval"]
@@ -246,11 +246,5 @@ def _in_order(runs: Sequence[StrategyRun], order: Sequence[str]) -> list[Strateg
 
 def _report(out: Path, settings: dict[str, object], runs: Sequence[StrategyRun], seed: int,
             plot: bool) -> tuple[list[StrategySummary], list[Path]]:
-    # Every strategy is compared with the plain request (`single`) when the table has one, so
-    # the baseline stays put however a --resume orders the rows; else with the first row.
-    base = next((run for run in runs if run.choice.spec is None), runs[0]) if runs else None
-    summaries = [summarise(run.choice.label, run.outcomes, run.wall_s, seed=seed,
-                           baseline=None if base is None or run is base
-                           else (base.choice.label, base.outcomes))
-                 for run in runs]
+    summaries = summarise_runs(runs, seed)
     return summaries, write_report(out, settings, runs, summaries, plot=plot)

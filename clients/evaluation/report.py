@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from clients.evaluation.runner import StrategyChoice, StrategyRun
-from clients.evaluation.summary import Outcome, StrategySummary
+from clients.evaluation.summary import Outcome, StrategySummary, summarise
 
-__all__ = ["markdown_table", "plot_accuracy_vs_tokens", "read_runs", "text_table",
-           "write_report"]
+__all__ = ["draw_accuracy_vs_tokens", "markdown_table", "plot_accuracy_vs_tokens", "read_runs",
+           "summarise_runs", "text_table", "write_report"]
 
 _COLUMNS = ("strategy", "accuracy", "95% CI", "tokens/q", "sub-req/q", "p50 s", "p95 s", "q/s",
             "errors")
@@ -44,6 +44,17 @@ def _cells(row: StrategySummary, columns: int) -> list[str]:
     return cells[:columns]
 
 
+def summarise_runs(runs: Sequence[StrategyRun], seed: int = 0) -> list[StrategySummary]:
+    """Each run's numbers, every strategy compared with the plain request (`single`) when the
+    runs have one — so the baseline stays put however a --resume orders the rows — else with
+    the first run."""
+    base = next((run for run in runs if run.choice.spec is None), runs[0]) if runs else None
+    return [summarise(run.choice.label, run.outcomes, run.wall_s, seed=seed,
+                      baseline=None if base is None or run is base
+                      else (base.choice.label, base.outcomes))
+            for run in runs]
+
+
 def text_table(rows: Sequence[StrategySummary]) -> str:
     """Aligned columns for a terminal."""
     columns = _columns(rows)
@@ -62,21 +73,19 @@ def markdown_table(rows: Sequence[StrategySummary]) -> str:
     return "\n".join(lines)
 
 
-def plot_accuracy_vs_tokens(rows: Sequence[StrategySummary], title: str, png: Path) -> None:
-    """Accuracy against generated tokens per question, with the bootstrap interval as error
-    bars: the further up and left, the better."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    markers = "osD^v<>Px*"
+def draw_accuracy_vs_tokens(ax: Any, rows: Sequence[StrategySummary], title: str,
+                            slots: Mapping[str, int] | None = None) -> None:
+    """Accuracy against generated tokens per question on `ax`, with the bootstrap interval as
+    error bars: the further up and left, the better. `slots` fixes each strategy's marker and
+    colour (several panels then draw one strategy alike); by default, the row's position."""
+    markers = "osD^v<>Px*hH"
     for n, row in enumerate(rows):
+        slot = slots[row.strategy] if slots is not None else n
         low = 0.0 if math.isnan(row.ci_low) else row.accuracy - row.ci_low
         high = 0.0 if math.isnan(row.ci_high) else row.ci_high - row.accuracy
         ax.errorbar(row.completion_tokens_per_question, row.accuracy, yerr=[[low], [high]],
-                    fmt=markers[n % len(markers)], capsize=4, markersize=7, label=row.strategy)
+                    fmt=markers[slot % len(markers)], color=f"C{slot % 10}", capsize=4,
+                    markersize=7, label=row.strategy)
     ax.set_xlabel("generated tokens per question")
     ax.set_ylabel("accuracy (95% bootstrap interval)")
     ax.set_ylim(-0.02, 1.02)
@@ -84,6 +93,17 @@ def plot_accuracy_vs_tokens(rows: Sequence[StrategySummary], title: str, png: Pa
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     ax.set_title(title, fontsize=10)
+
+
+def plot_accuracy_vs_tokens(rows: Sequence[StrategySummary], title: str, png: Path) -> None:
+    """`draw_accuracy_vs_tokens` as a PNG of its own."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    draw_accuracy_vs_tokens(ax, rows, title)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=120)

@@ -11,8 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clients.evaluation.command import _report, _warn_of_deadlines, run_eval
-from clients.evaluation.report import markdown_table, read_runs, text_table, write_report
+from clients.evaluation.command import _warn_of_deadlines, run_eval
+from clients.evaluation.report import (
+    markdown_table,
+    read_runs,
+    summarise_runs,
+    text_table,
+    write_report,
+)
 from clients.evaluation.runner import StrategyChoice, StrategyRun
 from clients.evaluation.summary import (
     Outcome,
@@ -196,14 +202,14 @@ def test_strategies_are_compared_question_by_question_with_the_first(tmp_path: P
     assert "| —" not in markdown_table(rows[:1])  # one strategy: no comparison column
 
 
-def test_the_plain_request_is_the_baseline_wherever_its_row_is(tmp_path: Path) -> None:
+def test_the_plain_request_is_the_baseline_wherever_its_row_is() -> None:
     """A --resume may put new strategies above `single`; they are still compared with it."""
     sc8 = StrategyRun(StrategyChoice("sc8", "sc8"), tuple(outcome(i, True) for i in range(3)), 3)
     single = StrategyRun(StrategyChoice("single", None),
                          tuple(outcome(i, i == 0) for i in range(3)), 1.0)
-    rows, _ = _report(tmp_path, {"task": "t"}, [sc8, single], seed=0, plot=False)
+    rows = summarise_runs([sc8, single])
     assert [(r.strategy, r.baseline, r.won, r.lost) for r in rows] == [
         ("sc8", "single", 2, 0), ("single", None, None, None)]
     bon8 = StrategyRun(StrategyChoice("bon8", "bon8"), single.outcomes, 3.0)
-    rows, _ = _report(tmp_path, {"task": "t"}, [sc8, bon8], seed=0, plot=False)
+    rows = summarise_runs([sc8, bon8])
     assert [r.baseline for r in rows] == [None, "sc8"]  # no plain request: the first row
