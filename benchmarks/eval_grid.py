@@ -21,21 +21,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from clients.evaluation.report import draw_accuracy_vs_tokens, read_runs, summarise_runs
+from clients.evaluation.report import (
+    draw_accuracy_vs_tokens,
+    paired_text,
+    read_runs,
+    summarise_runs,
+)
 from clients.evaluation.summary import StrategySummary
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _cell(row: StrategySummary | None) -> str:
-    """`0.560 · 1,665 tok · +23/−2 (p<0.001)`; a dash where the task lacks the strategy."""
+    """`0.560 · 1,665 tok · +23/−2 p<0.001`; a dash where the task lacks the strategy."""
     if row is None:
         return "—"
-    text = f"{row.accuracy:.3f} · {row.completion_tokens_per_question:,.0f} tok"
-    if row.won is not None and row.lost is not None and row.paired_p is not None:
-        p = "p<0.001" if row.paired_p < 0.001 else f"p={row.paired_p:.3f}"
-        text += f" · +{row.won}/−{row.lost} ({p})"
-    return text
+    paired = paired_text(row)
+    return " · ".join([f"{row.accuracy:.3f}", f"{row.completion_tokens_per_question:,.0f} tok",
+                       *([paired] if paired else [])])
 
 
 def strategy_order(tasks: Sequence[tuple[str, Sequence[StrategySummary]]]) -> list[str]:
@@ -94,7 +97,7 @@ def main(argv: Sequence[str]) -> int:
     if len(models) != 1:
         parser.error(f"the runs were measured on different models: {sorted(models)}")
     model = models.pop()
-    dates = sorted({str(d) for s in facts for d in [s.get("date")] if d})
+    dates = sorted({str(s["date"]) for s in facts if s.get("date")})
     command = shlex.join(["python", "benchmarks/eval_grid.py", *argv])
     print(f"# refinery eval grid · {model}\n\n{grid_table(tasks)}\n")
     print("Each cell: accuracy · generated tokens per question · questions won/lost against "

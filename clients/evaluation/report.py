@@ -15,8 +15,8 @@ from typing import Any
 from clients.evaluation.runner import StrategyChoice, StrategyRun
 from clients.evaluation.summary import Outcome, StrategySummary, summarise
 
-__all__ = ["draw_accuracy_vs_tokens", "markdown_table", "plot_accuracy_vs_tokens", "read_runs",
-           "summarise_runs", "text_table", "write_report"]
+__all__ = ["draw_accuracy_vs_tokens", "markdown_table", "paired_text", "plot_accuracy_vs_tokens",
+           "read_runs", "summarise_runs", "text_table", "write_report"]
 
 _COLUMNS = ("strategy", "accuracy", "95% CI", "tokens/q", "sub-req/q", "p50 s", "p95 s", "q/s",
             "errors")
@@ -28,10 +28,11 @@ def _columns(rows: Sequence[StrategySummary]) -> list[str]:
     return [*_COLUMNS, f"vs {baselines[0]}"] if baselines else list(_COLUMNS)
 
 
-def _paired_cell(row: StrategySummary) -> str:
-    """`+19/−3 p=0.001`: questions won and lost against the baseline, exact McNemar p."""
+def paired_text(row: StrategySummary) -> str | None:
+    """`+19/−3 p=0.001`: questions won and lost against the baseline, exact McNemar p; None
+    for the baseline itself."""
     if row.baseline is None or row.won is None or row.lost is None or row.paired_p is None:
-        return "—"
+        return None
     p = "p<0.001" if row.paired_p < 0.001 else f"p={row.paired_p:.3f}"
     return f"+{row.won}/−{row.lost} {p}"
 
@@ -40,7 +41,7 @@ def _cells(row: StrategySummary, columns: int) -> list[str]:
     cells = [row.strategy, f"{row.accuracy:.3f}", f"{row.ci_low:.2f}–{row.ci_high:.2f}",
              f"{row.completion_tokens_per_question:.0f}", f"{row.sub_requests_per_question:.1f}",
              f"{row.latency_p50_s:.2f}", f"{row.latency_p95_s:.2f}",
-             f"{row.questions_per_s:.3f}", str(row.errors), _paired_cell(row)]
+             f"{row.questions_per_s:.3f}", str(row.errors), paired_text(row) or "—"]
     return cells[:columns]
 
 
