@@ -122,6 +122,20 @@ def _sittings_note(runs: Sequence[StrategyRun]) -> str:
             "counts the work lost on the questions in flight when a sitting stopped.\n")
 
 
+def _throttle_note(runs: Sequence[StrategyRun]) -> str:
+    """A line naming the passes the server slowed with 429s (admission control: the eval's
+    concurrency × the strategy's sample budget exceeded the server's bound). Their waits are in
+    the latencies and q/s: that is the pace the server allowed, not the strategy's cost alone."""
+    slowed = [(run.choice.label, sum(o.throttled > 0 for o in run.outcomes),
+               sum(o.throttled for o in run.outcomes)) for run in runs]
+    named = [f"{label} ({questions} questions, {refusals} refusals)"
+             for label, questions, refusals in slowed if refusals]
+    if not named:
+        return ""
+    return ("\nPasses the server throttled (429 at capacity, asked again after Retry-After): "
+            + ", ".join(named) + ". Their latencies and q/s include the waits.\n")
+
+
 def write_report(out_dir: Path, settings: Mapping[str, Any], runs: Sequence[StrategyRun],
                  summaries: Sequence[StrategySummary], *, plot: bool = True) -> list[Path]:
     """Write results.json, results.md and (with `plot`) accuracy_vs_tokens.png; returns their
@@ -139,7 +153,7 @@ def write_report(out_dir: Path, settings: Mapping[str, Any], runs: Sequence[Stra
     facts = "\n".join(f"- {key}: `{value}`" for key, value in settings.items())
     md_path = out_dir / "results.md"
     md_path.write_text(f"# refinery eval: {settings.get('task', '')}\n\n{facts}\n\n"
-                       f"{markdown_table(summaries)}\n{_sittings_note(runs)}")
+                       f"{markdown_table(summaries)}\n{_sittings_note(runs)}{_throttle_note(runs)}")
     paths = [json_path, md_path]
     if plot:
         png = out_dir / "accuracy_vs_tokens.png"

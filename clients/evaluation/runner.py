@@ -33,6 +33,9 @@ __all__ = ["EvalError", "PassSoFar", "StrategyChoice", "StrategyRun", "evaluate"
 SINGLE = "single"
 # Statuses that mean the run is misconfigured (bad strategy, key, model): stop, don't count.
 _FATAL_STATUSES = (400, 401, 403, 404, 422)
+# A 429's wait when its Retry-After is missing or unreadable, and the most any 429 is waited.
+_DEFAULT_RETRY_AFTER_S = 1.0
+_MAX_RETRY_AFTER_S = 60.0
 
 
 class EvalError(RuntimeError):
@@ -142,21 +145,54 @@ def _error_message(response: httpx.Response) -> str:
         return response.text[:300]
 
 
-async def _ask(client: httpx.AsyncClient, task: Task, question: Question, body: dict[str, Any],
-               ) -> Outcome:
-    started = time.perf_counter()
+def _retry_after_s(response: httpx.Response) -> float:
+    """The wait a 429 asks for: its Retry-After in seconds (the server sends whole seconds;
+    an HTTP date or garbage falls back to one second), at most a minute."""
     try:
+        wait = float(response.headers.get("Retry-After", _DEFAULT_RETRY_AFTER_S))
+    except ValueError:
+        wait = _DEFAULT_RETRY_AFTER_S
+    return min(max(wait, 0.0), _MAX_RETRY_AFTER_S)
+
+
+async def _post_waiting_out_429(client: httpx.AsyncClient, body: dict[str, Any],
+                                deadline: float) -> tuple[httpx.Response, int]:
+    """POST the request; while the server answers 429 (at capacity, nothing of the request
+    ran) wait its Retry-After and ask again, as the openai SDK does, until `deadline`
+    (`time.perf_counter()`): admission control is how the server sets the pace, so an eval
+    whose concurrency × sample budget exceeds the server's bound is slowed, not scored wrong.
+    Returns the last response and the 429s waited out."""
+    throttled = 0
+    while True:
         response = await client.post("/v1/chat/completions", json=body)
+        if response.status_code != 429:
+            return response, throttled
+        wait = _retry_after_s(response)
+        if time.perf_counter() + wait >= deadline:
+            return response, throttled
+        throttled += 1
+        await asyncio.sleep(wait)
+
+
+async def _ask(client: httpx.AsyncClient, task: Task, question: Question, body: dict[str, Any],
+               *, budget_s: float) -> Outcome:
+    """One question: its latency runs from the first attempt (429 waits included, as the
+    user would see them); a 429 still standing after `budget_s` is the question's error."""
+    started = time.perf_counter()
+    throttled = 0
+    try:
+        response, throttled = await _post_waiting_out_429(client, body, started + budget_s)
     except httpx.HTTPError as exc:
         return Outcome(question.id, False, None, 0, 0, 0, time.perf_counter() - started,
-                       f"{type(exc).__name__}: {exc}")
+                       f"{type(exc).__name__}: {exc}", throttled=throttled)
     latency = time.perf_counter() - started
     if response.status_code in _FATAL_STATUSES:
         raise EvalError(f"the server refused the request ({response.status_code}): "
                         f"{_error_message(response)}")
     if response.status_code != 200:
         return Outcome(question.id, False, None, 0, 0, 0, latency,
-                       f"HTTP {response.status_code}: {_error_message(response)}")
+                       f"HTTP {response.status_code}: {_error_message(response)}",
+                       throttled=throttled)
     data = response.json()
     usage = data.get("usage") or {}
     strategy = data.get("strategy") or {}
@@ -165,7 +201,8 @@ async def _ask(client: httpx.AsyncClient, task: Task, question: Question, body: 
     judgement = await asyncio.to_thread(task.judge, question, reply)
     return Outcome(question.id, judgement.correct, judgement.answer,
                    int(usage.get("completion_tokens", 0)), int(usage.get("prompt_tokens", 0)),
-                   int(sub_requests), latency, reply=reply, detail=judgement.detail)
+                   int(sub_requests), latency, reply=reply, detail=judgement.detail,
+                   throttled=throttled)
 
 
 async def evaluate(base_url: str, model: str, task: Task, questions: Sequence[Question],
@@ -184,7 +221,8 @@ async def evaluate(base_url: str, model: str, task: Task, questions: Sequence[Qu
     `on_answer` gets the pass so far after every answered question (the command keeps it, so
     an interrupt costs only the questions in flight); `so_far`, an earlier sitting's part of
     one of `strategies`' passes, is finished rather than run again; `transport` replaces the
-    network (tests pass an in-process one)."""
+    network (tests pass an in-process one). `timeout_s` bounds each HTTP call and, from its
+    first attempt, the time a question may spend waiting out 429s."""
     from tqdm import tqdm
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -202,8 +240,8 @@ async def evaluate(base_url: str, model: str, task: Task, questions: Sequence[Qu
                 start = so_far if so_far is not None and so_far.choice == choice else (
                     PassSoFar(choice, {}, 0.0, 0))
                 runs.append(await _pass(client, task, questions, template, start,
-                                        concurrency=concurrency, seed=seed, bar=bar,
-                                        on_answer=on_answer))
+                                        concurrency=concurrency, seed=seed, budget_s=timeout_s,
+                                        bar=bar, on_answer=on_answer))
                 if on_run is not None:
                     on_run(runs[-1])
     return runs
@@ -211,10 +249,12 @@ async def evaluate(base_url: str, model: str, task: Task, questions: Sequence[Qu
 
 async def _pass(client: httpx.AsyncClient, task: Task, questions: Sequence[Question],
                 template: Mapping[str, Any], start: PassSoFar, *, concurrency: int, seed: int,
-                bar: Any, on_answer: Callable[[PassSoFar], None] | None) -> StrategyRun:
+                budget_s: float, bar: Any, on_answer: Callable[[PassSoFar], None] | None,
+                ) -> StrategyRun:
     """One strategy's pass: the questions `start` has not answered, `concurrency` at a time,
-    each request `template` plus the question's messages and seed. The wall time adds to
-    `start`'s (this sitting is one more)."""
+    each request `template` plus the question's messages and seed, each question given
+    `budget_s` to get past the server's 429s. The wall time adds to `start`'s (this sitting is
+    one more)."""
     answered = dict(start.outcomes)
     sittings = start.sittings + 1
     bar.update(len(answered))
@@ -225,7 +265,7 @@ async def _pass(client: httpx.AsyncClient, task: Task, questions: Sequence[Quest
         body = {**template, "messages": list(question.messages),
                 "seed": seed * 100_000 + 64 * index}
         async with gate:
-            answered[index] = await _ask(client, task, question, body)
+            answered[index] = await _ask(client, task, question, body, budget_s=budget_s)
         bar.update()
         if on_answer is not None:
             on_answer(PassSoFar(start.choice, dict(answered),

@@ -18,7 +18,9 @@ __all__ = ["Outcome", "StrategySummary", "bootstrap_interval", "mcnemar_exact_p"
 class Outcome:
     """One question under one strategy, as the client saw it: `reply` is the returned text
     and `detail` the judge's reason where the answer alone does not say it (a failed
-    program's output), so a wrong answer can be audited without asking again."""
+    program's output), so a wrong answer can be audited without asking again; `throttled`
+    counts the 429s (server at capacity) waited out before the answer, which `latency_s`
+    includes."""
 
     question_id: str
     correct: bool
@@ -30,6 +32,7 @@ class Outcome:
     error: str | None = None
     reply: str | None = None
     detail: str | None = None
+    throttled: int = 0
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -160,6 +161,20 @@ def test_a_pass_over_several_sittings_is_named_and_read_back(tmp_path: Path) -> 
     json_path, md_path = write_report(tmp_path, {"task": "t"}, runs, rows, plot=False)
     assert "several sittings: bon8 (3)." in md_path.read_text()
     assert [run.sittings for run in read_runs(json_path)[1]] == [1, 3]
+
+
+def test_passes_slowed_by_429s_are_named_with_their_refusals(tmp_path: Path) -> None:
+    throttled = Outcome("q1", True, "42", 100, 50, 8, 9.0, throttled=3)
+    runs = [StrategyRun(StrategyChoice("single", None), (outcome(0, True),), 2.0),
+            StrategyRun(StrategyChoice("deepconf", "deepconf"),
+                        (outcome(0, True), throttled, replace(throttled, throttled=2)), 9.0)]
+    rows = [summarise(r.choice.label, r.outcomes, r.wall_s) for r in runs]
+    json_path, md_path = write_report(tmp_path, {"task": "t"}, runs, rows, plot=False)
+    assert "throttled (429 at capacity, asked again after Retry-After): deepconf (2 questions, " \
+        "5 refusals)." in md_path.read_text()
+    assert [o.throttled for o in read_runs(json_path)[1][1].outcomes] == [0, 3, 2]
+    write_report(tmp_path, {"task": "t"}, runs[:1], rows[:1], plot=False)
+    assert "throttled" not in md_path.read_text()
 
 
 def test_questions_past_the_server_deadline_are_pointed_out(

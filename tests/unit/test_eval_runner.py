@@ -60,13 +60,21 @@ class FakeServer:
     """Answers every chat request with the gold answer for strategies and a wrong one for
     plain requests, recording each body."""
 
-    def __init__(self, status: int = 200) -> None:
+    def __init__(self, status: int = 200, *, refusals: int = 0,
+                 retry_after: str = "0") -> None:
         self.bodies: list[dict] = []
         self.status = status
+        self.refusals = refusals  # 429s (at capacity) before each question is let in
+        self.retry_after = retry_after
+        self.refused: dict[int, int] = {}
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
         self.bodies.append(body)
+        if self.refused.get(body["seed"], 0) < self.refusals:
+            self.refused[body["seed"]] = self.refused.get(body["seed"], 0) + 1
+            return httpx.Response(429, headers={"Retry-After": self.retry_after},
+                                  json={"error": {"message": "at capacity"}})
         if self.status != 200:
             return httpx.Response(self.status, json={"error": {"message": "nope"}})
         gold = body["messages"][0]["content"].split("gold=")[1].split()[0]
@@ -128,6 +136,35 @@ def test_a_refused_request_stops_the_run(tmp_path: Path) -> None:
 def test_a_server_error_is_counted_against_the_question(tmp_path: Path) -> None:
     (run_,) = run(jsonl_task(tmp_path), FakeServer(503), [StrategyChoice("single", None)])
     assert all(not o.correct and o.error == "HTTP 503: nope" for o in run_.outcomes)
+
+
+def test_a_server_at_capacity_is_waited_out_as_its_retry_after_asks(tmp_path: Path) -> None:
+    """Two 429s per question, then the answer: every question is answered and counts its
+    refusals; the latency includes the waits (Retry-After 0.05 s here)."""
+    server = FakeServer(refusals=2, retry_after="0.05")
+    (run_,) = run(jsonl_task(tmp_path), server, [StrategyChoice("single", None)])
+    assert [o.throttled for o in run_.outcomes] == [2] * 4
+    assert all(o.error is None and o.reply == "Answer: -1" for o in run_.outcomes)
+    assert all(o.latency_s >= 0.1 for o in run_.outcomes)
+    assert len(server.bodies) == 4 * 3
+
+
+@pytest.mark.parametrize(("retry_after", "asked"), [("0.02", None), ("soon", 1)])
+def test_a_429_that_outlasts_the_questions_time_is_its_error(
+        tmp_path: Path, retry_after: str, asked: int | None) -> None:
+    """A server that stays full: each question is asked until its time (timeout_s) would
+    pass before the next try, then scored with the 429. An unreadable Retry-After means one
+    second, longer than the 0.2 s given, so that question is asked once."""
+    server = FakeServer(refusals=10**6, retry_after=retry_after)
+    (run_,) = run(jsonl_task(tmp_path), server, [StrategyChoice("single", None)],
+                  timeout_s=0.2)
+    assert all(o.error == "HTTP 429: at capacity" and not o.correct for o in run_.outcomes)
+    if asked is None:
+        # waits of 0.02 s: at least one, and never one that would end past the 0.2 s
+        assert all(1 <= o.throttled <= 10 for o in run_.outcomes)
+    else:
+        assert [o.throttled for o in run_.outcomes] == [0] * 4
+        assert len(server.bodies) == 4 * asked
 
 
 def test_every_answer_hands_on_the_pass_so_far(tmp_path: Path) -> None:
