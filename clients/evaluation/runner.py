@@ -155,33 +155,27 @@ def _retry_after_s(response: httpx.Response) -> float:
     return min(max(wait, 0.0), _MAX_RETRY_AFTER_S)
 
 
-async def _post_waiting_out_429(client: httpx.AsyncClient, body: dict[str, Any],
-                                deadline: float) -> tuple[httpx.Response, int]:
-    """POST the request; while the server answers 429 (at capacity, nothing of the request
-    ran) wait its Retry-After and ask again, as the openai SDK does, until `deadline`
-    (`time.perf_counter()`): admission control is how the server sets the pace, so an eval
-    whose concurrency × sample budget exceeds the server's bound is slowed, not scored wrong.
-    Returns the last response and the 429s waited out."""
-    throttled = 0
-    while True:
-        response = await client.post("/v1/chat/completions", json=body)
-        if response.status_code != 429:
-            return response, throttled
-        wait = _retry_after_s(response)
-        if time.perf_counter() + wait >= deadline:
-            return response, throttled
-        throttled += 1
-        await asyncio.sleep(wait)
-
-
 async def _ask(client: httpx.AsyncClient, task: Task, question: Question, body: dict[str, Any],
                *, budget_s: float) -> Outcome:
-    """One question: its latency runs from the first attempt (429 waits included, as the
-    user would see them); a 429 still standing after `budget_s` is the question's error."""
+    """One question. While the server answers 429 (at capacity; nothing of the request ran)
+    the request is sent again after its Retry-After, as the openai SDK does, for up to
+    `budget_s` from the first attempt: admission control is how the server sets the pace, so
+    an eval whose concurrency × sample budget exceeds the server's bound is slowed, not scored
+    wrong. The latency runs from the first attempt (the waits included, as a user sees them);
+    a 429 still standing when the next wait would end past `budget_s` is the question's
+    error."""
     started = time.perf_counter()
     throttled = 0
     try:
-        response, throttled = await _post_waiting_out_429(client, body, started + budget_s)
+        while True:
+            response = await client.post("/v1/chat/completions", json=body)
+            if response.status_code != 429:
+                break
+            wait = _retry_after_s(response)
+            if time.perf_counter() + wait >= started + budget_s:
+                break
+            throttled += 1
+            await asyncio.sleep(wait)
     except httpx.HTTPError as exc:
         return Outcome(question.id, False, None, 0, 0, 0, time.perf_counter() - started,
                        f"{type(exc).__name__}: {exc}", throttled=throttled)

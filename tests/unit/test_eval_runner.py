@@ -61,12 +61,13 @@ class FakeServer:
     plain requests, recording each body."""
 
     def __init__(self, status: int = 200, *, refusals: int = 0,
-                 retry_after: str = "0") -> None:
+                 retry_after: str = "0", drop_after_refusals: bool = False) -> None:
         self.bodies: list[dict] = []
         self.status = status
         self.refusals = refusals  # 429s (at capacity) before each question is let in
         self.retry_after = retry_after
         self.refused: dict[int, int] = {}
+        self.drop_after_refusals = drop_after_refusals  # the connection fails once let in
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
@@ -75,6 +76,8 @@ class FakeServer:
             self.refused[body["seed"]] = self.refused.get(body["seed"], 0) + 1
             return httpx.Response(429, headers={"Retry-After": self.retry_after},
                                   json={"error": {"message": "at capacity"}})
+        if self.drop_after_refusals:
+            raise httpx.ConnectError("connection reset", request=request)
         if self.status != 200:
             return httpx.Response(self.status, json={"error": {"message": "nope"}})
         gold = body["messages"][0]["content"].split("gold=")[1].split()[0]
@@ -147,6 +150,13 @@ def test_a_server_at_capacity_is_waited_out_as_its_retry_after_asks(tmp_path: Pa
     assert all(o.error is None and o.reply == "Answer: -1" for o in run_.outcomes)
     assert all(o.latency_s >= 0.1 for o in run_.outcomes)
     assert len(server.bodies) == 4 * 3
+
+
+def test_a_transport_error_after_429s_keeps_their_count(tmp_path: Path) -> None:
+    server = FakeServer(refusals=2, drop_after_refusals=True)
+    (run_,) = run(jsonl_task(tmp_path), server, [StrategyChoice("single", None)])
+    assert all(o.error == "ConnectError: connection reset" and o.throttled == 2
+               for o in run_.outcomes)
 
 
 @pytest.mark.parametrize(("retry_after", "asked"), [("0.02", None), ("soon", 1)])
