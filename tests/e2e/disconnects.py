@@ -21,7 +21,7 @@ def assert_a_disconnect_aborts_every_sub_request(base_url: str, body: dict[str, 
                                                  in_flight: int) -> None:
     """Send `body` (a strategy request far longer than 4 s), wait until `in_flight` of its
     sub-requests run, let the client time out and close the connection, then require every
-    sub-request and every engine request to be gone within 5 s."""
+    sub-request and every engine request to be gone within 30 s (a leak stays forever)."""
     assert wait_for_metric(base_url, "refinery_subrequests_running", 0, timeout=10) == 0
 
     def doomed() -> None:
@@ -33,15 +33,15 @@ def assert_a_disconnect_aborts_every_sub_request(base_url: str, body: dict[str, 
     assert wait_for_metric(base_url, "refinery_subrequests_running", in_flight,
                            timeout=10) == in_flight
     worker.join()
-    assert wait_for_metric(base_url, "refinery_subrequests_running", 0, timeout=5) == 0
-    assert wait_for_metric(base_url, "vllm:num_requests_running", 0, timeout=5) == 0
+    assert wait_for_metric(base_url, "refinery_subrequests_running", 0, timeout=30) == 0
+    assert wait_for_metric(base_url, "vllm:num_requests_running", 0, timeout=30) == 0
 
 
 def assert_a_disconnect_storm_leaks_nothing(base_url: str, body: dict[str, Any], clients: int,
                                             samples: int) -> None:
     """`clients` clients stream `body` (a long strategy request of `samples` samples) at once;
     once all are admitted and their sub-requests run, every connection is dropped together.
-    Then no sub-request and no engine request may be left within 5 s, no sequence may stay
+    Then no sub-request and no engine request may be left within 30 s, no sequence may stay
     held, and the server must answer the next request."""
     assert wait_for_metric(base_url, "refinery_subrequests_running", 0, timeout=10) == 0
 
@@ -71,9 +71,11 @@ def assert_a_disconnect_storm_leaks_nothing(base_url: str, body: dict[str, Any],
 
     statuses = asyncio.run(storm())
     assert statuses == [200] * clients
-    assert wait_for_metric(base_url, "refinery_subrequests_running", 0, timeout=5) == 0
-    assert wait_for_metric(base_url, "vllm:num_requests_running", 0, timeout=5) == 0
-    assert wait_for_metric(base_url, "refinery_outstanding_sequences", 0, timeout=5) == 0
+    # A leak stays forever; the bounds only wait out the engine step in progress when the
+    # connections dropped (seconds with 200 long sequences on a slow 2-core CPU).
+    assert wait_for_metric(base_url, "refinery_subrequests_running", 0, timeout=30) == 0
+    assert wait_for_metric(base_url, "vllm:num_requests_running", 0, timeout=30) == 0
+    assert wait_for_metric(base_url, "refinery_outstanding_sequences", 0, timeout=30) == 0
     served = httpx.post(f"{base_url}/v1/completions", timeout=60,
                         json={"model": body["model"], "prompt": "Say hi:", "max_tokens": 2})
     assert served.status_code == 200, served.text
