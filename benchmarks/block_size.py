@@ -30,7 +30,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,23 +115,65 @@ def measure(base_url: str, workload: str) -> float:
     return asyncio.run(run())
 
 
-def _plot(ratios: dict[str, dict[int, float]], png: Path) -> None:
+def side_by_side(servers: Mapping[str, Any], rounds: int) -> list[dict[str, Any]]:
+    """Every workload on every server (label → running server), one server working at a time:
+    a warm-up first (first requests pay one-time costs), then `rounds` rounds with the
+    servers' order rotated every round."""
+    labels = list(servers)
+    for server in servers.values():
+        measure(server.base_url, DECODE)
+    results: list[dict[str, Any]] = []
+    for rnd in range(1, rounds + 1):
+        shift = (rnd - 1) % len(labels)
+        for workload in WORKLOADS:
+            for label in labels[shift:] + labels[:shift]:
+                value = measure(servers[label].base_url, workload)
+                results.append({"round": rnd, "workload": workload, "server": label,
+                                "value": value})
+                print(f"round {rnd} {label}: {workload} = {value:.3f}", flush=True)
+    return results
+
+
+def _value(results: Sequence[dict[str, Any]], rnd: int, workload: str, label: str) -> float:
+    return next(r["value"] for r in results
+                if r["round"] == rnd and r["workload"] == workload and r["server"] == label)
+
+
+def median_ratios(results: Sequence[dict[str, Any]], labels: Sequence[str],
+                  rounds: int) -> dict[str, dict[str, float]]:
+    """workload → label → median over rounds of its ratio to the first label's same round."""
+    return {w: {label: statistics.median(
+        _value(results, n, w, label) / _value(results, n, w, labels[0])
+        for n in range(1, rounds + 1)) for label in labels} for w in WORKLOADS}
+
+
+def medians_table(results: Sequence[dict[str, Any]], labels: Sequence[str],
+                  rounds: int) -> str:
+    """Markdown: per workload and server, the median value (the median ratio in brackets)."""
+    ratios = median_ratios(results, labels, rounds)
+    rows = "\n".join(
+        f"| {w} | " + " | ".join(
+            f"{statistics.median(_value(results, n, w, label) for n in range(1, rounds + 1)):.3f} "
+            f"({ratios[w][label]:.3f})" for label in labels) + " |" for w in WORKLOADS)
+    return (f"| workload | {' | '.join(labels)} |\n|---|{'---|' * len(labels)}\n" + rows)
+
+
+def plot_ratios(ratios: dict[str, dict[str, float]], labels: Sequence[str], png: Path,
+                title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    blocks = sorted(next(iter(ratios.values())))
     fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.8 / len(blocks)
-    for k, block in enumerate(blocks):
-        ax.bar([w + (k - (len(blocks) - 1) / 2) * width for w in range(len(WORKLOADS))],
-               [ratios[w][block] for w in WORKLOADS], width, label=f"block {block}")
+    width = 0.8 / len(labels)
+    for k, label in enumerate(labels):
+        ax.bar([w + (k - (len(labels) - 1) / 2) * width for w in range(len(WORKLOADS))],
+               [ratios[w][label] for w in WORKLOADS], width, label=label)
     ax.axhline(1, color="grey", linestyle=":")
     ax.set_xticks(range(len(WORKLOADS)), [w.replace(", ", ",\n") for w in WORKLOADS],
                   fontsize=8)
-    ax.set(ylabel=f"ratio to block {blocks[0]} (median over rounds)",
-           title="KV block size on CPU: cost of each workload (higher is better, TTFT: lower)")
+    ax.set(ylabel=f"ratio to {labels[0]} (median over rounds)", title=title)
     ax.title.set_fontsize(10)
     ax.legend(fontsize=8)
     save_figure(fig, png)
@@ -147,38 +189,14 @@ def main(argv: Sequence[str]) -> int:
     args = parser.parse_args(own)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     model = served_model(args.model)
-    blocks = [int(b) for b in args.block_sizes.split(",")]
-    results: list[dict[str, Any]] = []
+    labels = [f"block {int(b)}" for b in args.block_sizes.split(",")]
     with contextlib.ExitStack() as stack:
-        servers = {block: stack.enter_context(running(spawn_refinery(
-            model, SERVED, [*engine_flags, "--block-size", str(block)], f"block-{block}")))
-            for block in blocks}
-        for server in servers.values():  # warm-up: first requests pay one-time costs
-            measure(server.base_url, DECODE)
-        for rnd in range(1, args.rounds + 1):
-            shift = (rnd - 1) % len(blocks)
-            order = blocks[shift:] + blocks[:shift]
-            for workload in WORKLOADS:
-                for block in order:
-                    value = measure(servers[block].base_url, workload)
-                    results.append({"round": rnd, "workload": workload, "block": block,
-                                    "value": value})
-                    print(f"round {rnd} block {block}: {workload} = {value:.3f}", flush=True)
-
-    def value(rnd: int, workload: str, block: int) -> float:
-        return next(r["value"] for r in results
-                    if r["round"] == rnd and r["workload"] == workload and r["block"] == block)
-
-    def ratio(workload: str, block: int) -> float:
-        return statistics.median(value(n, workload, block) / value(n, workload, blocks[0])
-                                 for n in range(1, args.rounds + 1))
-
-    ratios = {w: {b: ratio(w, b) for b in blocks} for w in WORKLOADS}
-    _plot(ratios, args.out_png)
-    medians = "\n".join(
-        f"| {w} | " + " | ".join(
-            f"{statistics.median(value(n, w, b) for n in range(1, args.rounds + 1)):.3f} "
-            f"({ratios[w][b]:.3f})" for b in blocks) + " |" for w in WORKLOADS)
+        servers = {label: stack.enter_context(running(spawn_refinery(
+            model, SERVED, [*engine_flags, "--block-size", label.split()[1]],
+            label.replace(" ", "-")))) for label in labels}
+        results = side_by_side(servers, args.rounds)
+    plot_ratios(median_ratios(results, labels, args.rounds), labels, args.out_png,
+                "KV block size on CPU: cost of each workload (higher is better, TTFT: lower)")
     print(f"""
 ### KV block size on CPU: throughput and TTFT
 
@@ -186,11 +204,9 @@ def main(argv: Sequence[str]) -> int:
 - machine: {platform.platform()}, {os.cpu_count()} CPUs; model `{model.name}`
 - date: {datetime.date.today().isoformat()}; {args.rounds} rounds, server order rotated
 
-Median over rounds (in brackets: median of the per-round ratio to block {blocks[0]}):
+Median over rounds (in brackets: median of the per-round ratio to {labels[0]}):
 
-| workload | {" | ".join(f"block {b}" for b in blocks)} |
-|---|{"---|" * len(blocks)}
-{medians}
+{medians_table(results, labels, args.rounds)}
 
 ![block size]({os.path.relpath(args.out_png, REPO / 'docs')})
 """)

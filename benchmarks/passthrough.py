@@ -143,6 +143,10 @@ def _engine_config(
     if _on_cpu():
         flags.extend(["--no-enable-chunked-prefill", "--enforce-eager"])
         env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+        from server.cli import cpu_has_native_bf16
+
+        if not cpu_has_native_bf16():
+            flags.extend(["--dtype", "float32"])
     return flags + user_flags, env
 
 

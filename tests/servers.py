@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from server.cli import CPU_BLOCK_SIZE
+from server.cli import CPU_BLOCK_SIZE, cpu_has_native_bf16
 
 __all__ = [
     "REFINERY_READY",
@@ -189,6 +189,8 @@ def start_vllm(logs: Path, model: Path, *args: str) -> ServerProcess:
     port = free_port()
     flags = ("--served-model-name", "smollm2", "--enable-prefix-caching",
              "--no-enable-chunked-prefill", "--scheduling-policy", "priority",
-             "--block-size", str(CPU_BLOCK_SIZE), *COMMON_ENGINE_FLAGS, *args)
+             "--block-size", str(CPU_BLOCK_SIZE),
+             *(() if cpu_has_native_bf16() else ("--dtype", "float32")),
+             *COMMON_ENGINE_FLAGS, *args)
     return spawn(vllm_command(port, model, *flags), logs / f"vllm-{port}.log", port=port,
                  ready_paths=VLLM_READY, env={**COMMON_ENV, **VLLM_ENV})

@@ -11,6 +11,7 @@ import pytest
 from server.cli import (
     CPU_BLOCK_SIZE,
     apply_engine_defaults,
+    build_serve_parser,
     cpu_kv_cache_default_gib,
     main,
     resolve_serve_args,
@@ -87,6 +88,27 @@ def test_cpu_defaults_prefix_caching_on_chunked_prefill_off_no_reserved_core(
     assert args.enforce_eager is True
     assert args.block_size == CPU_BLOCK_SIZE == 64
     assert os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+
+
+def test_cpu_without_native_bf16_serves_float32_unless_the_user_chose() -> None:
+    slow_bf16 = _namespace()
+    apply_engine_defaults(slow_bf16, on_cpu=True, native_bf16=False)
+    assert slow_bf16.dtype == "float32"
+    native = _namespace()
+    apply_engine_defaults(native, on_cpu=True, native_bf16=True)
+    assert native.dtype == "auto"
+    gpu = _namespace()
+    apply_engine_defaults(gpu, on_cpu=False, native_bf16=False)
+    assert gpu.dtype == "auto"
+    for chosen in ("bfloat16", "auto"):
+        kept = _namespace(dtype=chosen)
+        apply_engine_defaults(kept, on_cpu=True, native_bf16=False)
+        assert kept.dtype == chosen
+
+
+def test_an_absent_dtype_flag_is_left_for_refinery_to_choose() -> None:
+    assert build_serve_parser().parse_args([]).dtype is None
+    assert build_serve_parser().parse_args(["--dtype", "auto"]).dtype == "auto"
 
 
 def test_user_choices_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
