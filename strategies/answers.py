@@ -134,6 +134,11 @@ def _answer_is(text: str) -> str | None:
         return None
     phrase = matches[-1].group(1)
     phrase = re.split(r"\.(?:\s|$)|\n", phrase, maxsplit=1)[0]  # to the end of the sentence
+    # "The final answer is: Answer: No" and "the answer is:\n\nAnswer: No" state one answer:
+    # the marker that opens the phrase is part of the statement, never of the answer (read as
+    # "Answer: No", a yes/no answer neither voted with "No" nor matched the gold "No").
+    while (inner := _ANSWER_IS.match(phrase.lstrip(_TRAILING))) is not None:
+        phrase = inner.group(1)
     boxed = _last_boxed(phrase)
     if boxed is not None:
         return boxed

@@ -45,6 +45,12 @@ COMPLETIONS = [
     ("Step 1: 10 - 4 = 6\nStep 2: 6 / 2 = 3\nThe answer is 3", "3"),
     ("The answer is 7. Next question: what is 8?", "7"),
     ("+3 is the result", "3"),
+    # A marker restated inside the statement is not part of the answer (the 1.5B model's
+    # "The final answer is: Answer: No" on reasoning-gym syllogisms).
+    ("The final answer is: Answer: No", "No"),
+    ("Thus, the answer is:\n\nAnswer: Yes", "Yes"),
+    ("The final answer is **Answer: 42**.", "42"),
+    ("Final answer: The answer is: (B)", "B"),
 ]
 
 

@@ -66,6 +66,20 @@ def test_reasoning_gym_judges_exactly_the_answer_strategies_vote_on(shape: str) 
     assert judgement.correct == (voted == question.gold["answer"])
 
 
+@pytest.mark.parametrize("shape", ["The final answer is: Answer: {gold}",
+                                   "Thus, the answer is:\n\nAnswer: {gold}",
+                                   "So the answer is {gold}."])
+def test_syllogism_answers_stated_twice_are_judged_by_the_answer(shape: str) -> None:
+    """The 1.5B model ends yes/no answers with "The final answer is: Answer: No"; reasoning-gym's
+    verifier compares the whole extracted string, so the marker must not reach it."""
+    task = parse_task("reasoning_gym:syllogism")
+    for question in task.questions(6, seed=7):
+        gold = question.gold["answer"]
+        wrong = "No" if gold == "Yes" else "Yes"
+        assert task.judge(question, shape.format(gold=gold)) == Judgement(True, gold)
+        assert not task.judge(question, shape.format(gold=wrong)).correct
+
+
 def test_reasoning_gym_without_an_answer_line_falls_back_to_the_last_number() -> None:
     task = parse_task("reasoning_gym:chain_sum?min_terms=2&max_terms=2")
     question = task.questions(1, seed=0)[0]
