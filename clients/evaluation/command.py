@@ -7,7 +7,8 @@ keeps the strategies it finished — and, in partial.json, the questions the str
 had answered. `--resume` keeps the strategies an earlier run into the same `--out` measured
 under the same settings, finishes a pass it left half done and runs only the others: one table
 can grow over several sittings (an SC@8 pass of 100 questions on a 1.5B model is half an hour
-on 2 CPUs).
+on 2 CPUs). `--rejudge` scores the replies a run in `--out` holds again with this version's
+judge, asking no server (clients.evaluation.rejudge).
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 
 from clients.evaluation.checkpoint import drop_pass, read_pass, write_pass
 from clients.evaluation.local_server import local_server
+from clients.evaluation.rejudge import Rejudged, rejudge_outcomes
 from clients.evaluation.report import read_runs, summarise_runs, text_table, write_report
 from clients.evaluation.runner import (
     EvalError,
@@ -39,7 +42,7 @@ from clients.evaluation.runner import (
     server_presets,
 )
 from clients.evaluation.summary import StrategySummary
-from clients.evaluation.tasks import Question, parse_task
+from clients.evaluation.tasks import Question, Task, parse_task
 
 __all__ = ["build_eval_parser", "run_eval"]
 
@@ -84,6 +87,10 @@ def build_eval_parser() -> argparse.ArgumentParser:
                         "model, questions, seed, concurrency, max tokens, temperature; same "
                         "label and spec), finish the pass --out/partial.json left half done "
                         "and run only the others")
+    parser.add_argument("--rejudge", action="store_true",
+                        help="score the replies --out/results.json and --out/partial.json hold "
+                        "again with this version's judge and rewrite the report; starts and "
+                        "asks no server (the task must be the run's)")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -98,6 +105,9 @@ def run_eval(argv: Sequence[str]) -> int:
             raise ValueError("--limit, --concurrency and --max-tokens must be at least 1")
         if args.resume and args.out is None:
             raise ValueError("--resume needs --out: the folder of the run to go on with")
+        if args.rejudge:
+            return _rejudge(args.out, parse_task(args.task, args.answer_format), argv,
+                            plot=not args.no_plot, resume=args.resume)
         task = parse_task(args.task, args.answer_format)
         choices = parse_strategies(args.strategies)
         questions = task.questions(args.limit, args.seed)
@@ -134,6 +144,8 @@ def run_eval(argv: Sequence[str]) -> int:
             if done:
                 before = f"{earlier.get('date', '?')}: {earlier.get('command', '?')}"
                 settings["earlier_commands"] = [*earlier.get("earlier_commands", []), before]
+                if "rejudged" in earlier:
+                    settings["rejudged"] = earlier["rejudged"]
             order = [choice.label for choice in strategies]
             written: list[tuple[list[StrategySummary], list[Path]]] = []
 
@@ -164,6 +176,46 @@ def run_eval(argv: Sequence[str]) -> int:
     print(text_table(summaries))
     for path in paths:
         print(f"wrote {path}")
+    return 0
+
+
+def _rejudge(out: Path | None, task: Task, argv: Sequence[str], *, plot: bool,
+             resume: bool) -> int:
+    """`--rejudge`: every stored reply in `out` judged again; the report and partial.json
+    rewritten, the changed verdicts counted per strategy on stderr."""
+    if out is None:
+        raise ValueError("--rejudge needs --out: the folder of the run to score again")
+    if resume:
+        raise ValueError("--rejudge asks no server; run it first, then --resume")
+    results, partial = out / "results.json", read_pass(out)
+    if not results.exists() and partial is None:
+        raise ValueError(f"--rejudge: {out} holds no results.json or partial.json")
+    settings, runs = read_runs(results) if results.exists() else (dict(partial[0]), [])
+    _same_settings(settings, {"task": task.name})
+    questions = {question.id: question
+                 for question in task.questions(int(settings["questions"]), int(settings["seed"]))}
+    tally = Rejudged({}, {})
+    runs = [replace(run, outcomes=tuple(rejudge_outcomes(task, questions, run.choice.label,
+                                                         run.outcomes, tally)))
+            for run in runs]
+    labels = [run.choice.label for run in runs]
+    if partial is not None:
+        _same_settings(partial[0], {"task": task.name})
+        so_far = partial[1]
+        judged = rejudge_outcomes(task, questions, so_far.choice.label,
+                                  list(so_far.outcomes.values()), tally)
+        write_pass(out, partial[0],
+                   replace(so_far, outcomes=dict(zip(so_far.outcomes, judged, strict=True))))
+        labels.append(so_far.choice.label)
+    if runs:
+        when = f"{time.strftime('%Y-%m-%d')}: {shlex.join(['refinery', 'eval', *argv])}"
+        settings["rejudged"] = [*settings.get("rejudged", []), when]
+        summaries, paths = _report(out, settings, runs, int(settings["seed"]), plot)
+        print(text_table(summaries))
+        for path in paths:
+            print(f"wrote {path}")
+    for label in labels:
+        print(f"refinery eval --rejudge: {tally.line(label)}", file=sys.stderr)
     return 0
 
 
