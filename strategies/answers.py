@@ -98,11 +98,21 @@ def _last_boxed(text: str) -> str | None:
             elif text[i] == "}":
                 depth -= 1
                 if depth == 0:
-                    content = text[start:i].strip()
+                    content = _unwrap_text(text[start:i].strip())
                     if content:
                         return content
                     break
     return None
+
+
+_TEXT_WRAPPER = re.compile(r"^\\(?:text|textbf|mathrm|mathbf)\s*\{([^{}]*)\}$")
+
+
+def _unwrap_text(answer: str) -> str:
+    """`\\boxed{\\text{No}}` answers "No": a box holding one text run is that text (the vote's
+    canonical key already read it so; a task's verifier compares the string it is given)."""
+    wrapped = _TEXT_WRAPPER.match(answer)
+    return wrapped.group(1).strip() if wrapped and wrapped.group(1).strip() else answer
 
 
 _ANSWER_IS = re.compile(

@@ -51,6 +51,9 @@ COMPLETIONS = [
     ("Thus, the answer is:\n\nAnswer: Yes", "Yes"),
     ("The final answer is **Answer: 42**.", "42"),
     ("Final answer: The answer is: (B)", "B"),
+    ("Thus, the final answer is: \\(\\boxed{\\text{No}}\\).", "No"),
+    ("The answer is $\\boxed{\\textbf{Yes}}$.", "Yes"),
+    ("The unit is $\\boxed{\\text{cm}^2}$.", "\\text{cm}^2"),
 ]
 
 
