@@ -15,7 +15,6 @@ anything else) for the failure modes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
 import threading
@@ -28,6 +27,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from tests.e2e.disconnects import abandoned_request
 from tests.e2e.prometheus import kv_block_size, metric_value, scrape, wait_for_metric
 from tests.servers import ServerProcess, free_port, running, start_refinery
 
@@ -157,17 +157,12 @@ def test_a_disconnect_cancels_the_backend_requests(server: ServerProcess,
                                                    gateway: ServerProcess) -> None:
     assert wait_for_metric(server.base_url, "vllm:num_requests_running", 0, timeout=10) == 0
 
-    def doomed() -> None:
-        with contextlib.suppress(httpx.ReadTimeout):
-            httpx.post(f"{gateway.base_url}/v1/chat/completions", json=LONG_STRATEGY, timeout=4)
-
-    worker = threading.Thread(target=doomed)
-    worker.start()
-    # best_of_n draws its 8 samples as one n=8 request: 8 sequences running in the backend.
-    assert wait_for_metric(gateway.base_url, "refinery_subrequests_running", 8,
-                           timeout=15) == 8
-    assert wait_for_metric(server.base_url, "vllm:num_requests_running", 8, timeout=15) == 8
-    worker.join()
+    with abandoned_request(gateway.base_url, LONG_STRATEGY):
+        # best_of_n draws its 8 samples as one n=8 request: 8 sequences running in the backend.
+        assert wait_for_metric(gateway.base_url, "refinery_subrequests_running", 8,
+                               timeout=30) == 8
+        assert wait_for_metric(server.base_url, "vllm:num_requests_running", 8,
+                               timeout=30) == 8
     assert wait_for_metric(gateway.base_url, "refinery_subrequests_running", 0, timeout=5) == 0
     assert wait_for_metric(server.base_url, "vllm:num_requests_running", 0, timeout=5) == 0
 
@@ -179,7 +174,7 @@ def test_a_streamed_disconnect_cancels_the_backend_requests(server: ServerProces
         lines = response.iter_lines()  # kept referenced: dropping it closes the connection
         assert next(lines).startswith(":")
         assert wait_for_metric(server.base_url, "vllm:num_requests_running", 8,
-                               timeout=15) == 8
+                               timeout=30) == 8
     assert wait_for_metric(gateway.base_url, "refinery_subrequests_running", 0, timeout=5) == 0
     assert wait_for_metric(server.base_url, "vllm:num_requests_running", 0, timeout=5) == 0
 
@@ -193,7 +188,7 @@ def test_a_plain_stream_disconnect_cancels_the_backend_request(server: ServerPro
         lines = response.iter_lines()
         assert any(next(lines).startswith("data:") for _ in range(6))
         assert wait_for_metric(server.base_url, "vllm:num_requests_running", 1,
-                               timeout=15) == 1
+                               timeout=30) == 1
     assert wait_for_metric(server.base_url, "vllm:num_requests_running", 0, timeout=5) == 0
 
 
@@ -257,23 +252,17 @@ def test_a_disconnect_aborts_the_forwarded_strategys_sub_requests(
     assert wait_for_metric(server.base_url, "refinery_subrequests_running", 0, timeout=10) == 0
     url = f"{refinery_gateway.base_url}/v1/chat/completions"
 
-    def doomed() -> None:
-        with contextlib.suppress(httpx.ReadTimeout):
-            httpx.post(url, json=LONG_STRATEGY, timeout=4)
-
     if stream:
         with httpx.stream("POST", url, json={**LONG_STRATEGY, "stream": True},
                           timeout=60) as response:
             lines = response.iter_lines()  # kept referenced: dropping it closes the connection
             assert next(lines).startswith(":")
             assert wait_for_metric(server.base_url, "refinery_subrequests_running", 8,
-                                   timeout=15) == 8
+                                   timeout=30) == 8
     else:
-        worker = threading.Thread(target=doomed)
-        worker.start()
-        assert wait_for_metric(server.base_url, "refinery_subrequests_running", 8,
-                               timeout=15) == 8
-        worker.join()
+        with abandoned_request(refinery_gateway.base_url, LONG_STRATEGY):
+            assert wait_for_metric(server.base_url, "refinery_subrequests_running", 8,
+                                   timeout=30) == 8
     assert wait_for_metric(server.base_url, "refinery_subrequests_running", 0, timeout=5) == 0
     assert wait_for_metric(server.base_url, "vllm:num_requests_running", 0, timeout=5) == 0
 
