@@ -26,10 +26,10 @@ def abandoned_request(base_url: str, body: dict[str, Any]) -> Iterator[None]:
     client that gives up closes it. The test decides when the client leaves: a client timeout
     could fire before a slow machine got the request running (CI saw exactly that)."""
     url = httpx.URL(base_url)
+    assert url.host and url.port
     payload = json.dumps(body).encode()
     head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {url.host}:{url.port}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n")
-    assert url.host and url.port
     with socket.create_connection((url.host, url.port), timeout=10) as connection:
         connection.sendall(head.encode() + payload)
         yield
