@@ -27,13 +27,14 @@ from pathlib import Path
 
 import httpx
 
-from clients.evaluation.checkpoint import drop_pass, read_pass, write_pass
+from clients.evaluation.checkpoint import PARTIAL_FILE, drop_pass, read_pass, write_pass
 from clients.evaluation.local_server import local_server
 from clients.evaluation.rejudge import Rejudged, rejudge_outcomes
 from clients.evaluation.report import read_runs, summarise_runs, text_table, write_report
 from clients.evaluation.runner import (
     EvalError,
     PassSoFar,
+    ServerUnreachable,
     StrategyChoice,
     StrategyRun,
     evaluate,
@@ -86,7 +87,8 @@ def build_eval_parser() -> argparse.ArgumentParser:
                         help="keep the strategies --out/results.json already holds (same task, "
                         "model, questions, seed, concurrency, max tokens, temperature; same "
                         "label and spec), finish the pass --out/partial.json left half done "
-                        "and run only the others")
+                        "(asking again its questions that got no reply) and run only the "
+                        "others")
     parser.add_argument("--rejudge", action="store_true",
                         help="score the replies --out/results.json and --out/partial.json hold "
                         "again with this version's judge and rewrite the report; starts and "
@@ -168,6 +170,10 @@ def run_eval(argv: Sequence[str]) -> int:
                 so_far=so_far, on_answer=keep))
     except (EvalError, ValueError, RuntimeError, OSError, httpx.HTTPError) as exc:
         print(f"refinery eval: {exc}", file=sys.stderr)
+        if isinstance(exc, ServerUnreachable) and (out / PARTIAL_FILE).exists():
+            print(f"refinery eval: the questions answered so far are kept in "
+                  f"{out / PARTIAL_FILE}; the same command with --resume goes on from "
+                  "them", file=sys.stderr)
         return 2
     # The last strategy's pass wrote the final files; a --resume with nothing left to run
     # writes them here (the settings gained an earlier command).
@@ -287,6 +293,17 @@ def _unfinished_pass(so_far: PassSoFar, strategies: Sequence[StrategyChoice],
         raise ValueError(f"--resume: the unfinished pass of {label!r} was measured as "
                          f"{so_far.choice.spec!r}, now asked as {specs[label]!r}; give it "
                          "another label (label={...}) or delete its partial.json")
+    failed = {index: outcome for index, outcome in so_far.outcomes.items()
+              if outcome.error is not None}
+    if failed:
+        # No reply is no measurement: a server that crashed, restarted or ran past its
+        # deadline mid-sitting would otherwise fix those questions as wrong for good.
+        first = failed[min(failed)].error
+        print(f"refinery eval: asking again the {len(failed)} question(s) of {label!r} the "
+              f"earlier sitting got no reply for (e.g. {first})", file=sys.stderr)
+        so_far = replace(so_far, outcomes={index: outcome
+                                           for index, outcome in so_far.outcomes.items()
+                                           if index not in failed})
     return so_far
 
 

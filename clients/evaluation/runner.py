@@ -27,8 +27,8 @@ import httpx
 from clients.evaluation.summary import Outcome
 from clients.evaluation.tasks import Question, Task
 
-__all__ = ["EvalError", "PassSoFar", "StrategyChoice", "StrategyRun", "evaluate",
-           "parse_strategies", "resolve_strategies", "server_presets"]
+__all__ = ["EvalError", "PassSoFar", "ServerUnreachable", "StrategyChoice", "StrategyRun",
+           "evaluate", "parse_strategies", "resolve_strategies", "server_presets"]
 
 SINGLE = "single"
 # Statuses that mean the run is misconfigured (bad strategy, key, model): stop, don't count.
@@ -36,10 +36,17 @@ _FATAL_STATUSES = (400, 401, 403, 404, 422)
 # A 429's wait when its Retry-After is missing or unreadable, and the most any 429 is waited.
 _DEFAULT_RETRY_AFTER_S = 1.0
 _MAX_RETRY_AFTER_S = 60.0
+# Waits before asking again when no connection could be made (the openai SDK retries a
+# connection error twice too); after the last one the server is taken for down.
+_CONNECT_RETRY_WAITS_S = (1.0, 2.0)
 
 
 class EvalError(RuntimeError):
     """The evaluation cannot run as asked (bad strategy, unknown model, refused request)."""
+
+
+class ServerUnreachable(EvalError):
+    """The server stopped taking connections mid-run (crashed, stopped, restarting)."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +162,25 @@ def _retry_after_s(response: httpx.Response) -> float:
     return min(max(wait, 0.0), _MAX_RETRY_AFTER_S)
 
 
+async def _post_connected(client: httpx.AsyncClient, body: dict[str, Any]) -> httpx.Response:
+    """POST a chat request, trying again after `_CONNECT_RETRY_WAITS_S` while no connection
+    can be made. A server that stays unreachable stops the run (ServerUnreachable) instead of
+    scoring every question left as wrong in seconds: a crashed server must not finish an
+    hours-long pass; the answers kept so far let `--resume` go on once it is back. A
+    connection lost after the request went out is the question's error, as before."""
+    waits = iter(_CONNECT_RETRY_WAITS_S)
+    while True:
+        try:
+            return await client.post("/v1/chat/completions", json=body)
+        except httpx.ConnectError as exc:
+            wait = next(waits, None)
+            if wait is None:
+                raise ServerUnreachable(f"the server at {client.base_url} cannot be reached "
+                                f"({len(_CONNECT_RETRY_WAITS_S) + 1} tries): "
+                                f"{type(exc).__name__}: {exc}") from exc
+            await asyncio.sleep(wait)
+
+
 async def _ask(client: httpx.AsyncClient, task: Task, question: Question, body: dict[str, Any],
                *, budget_s: float) -> Outcome:
     """One question. While the server answers 429 (at capacity; nothing of the request ran)
@@ -168,7 +194,7 @@ async def _ask(client: httpx.AsyncClient, task: Task, question: Question, body: 
     throttled = 0
     try:
         while True:
-            response = await client.post("/v1/chat/completions", json=body)
+            response = await _post_connected(client, body)
             if response.status_code != 429:
                 break
             wait = _retry_after_s(response)
@@ -252,6 +278,7 @@ async def _pass(client: httpx.AsyncClient, task: Task, questions: Sequence[Quest
     answered = dict(start.outcomes)
     sittings = start.sittings + 1
     bar.update(len(answered))
+    bar.refresh()  # an earlier sitting's answers show now, not at the first new one
     gate = asyncio.Semaphore(concurrency)
     started = time.perf_counter()
 
@@ -265,7 +292,17 @@ async def _pass(client: httpx.AsyncClient, task: Task, questions: Sequence[Quest
             on_answer(PassSoFar(start.choice, dict(answered),
                                 start.wall_s + time.perf_counter() - started, sittings))
 
-    await asyncio.gather(*(answer(i, q) for i, q in enumerate(questions) if i not in answered))
+    asked = [asyncio.ensure_future(answer(i, q))
+             for i, q in enumerate(questions) if i not in answered]
+    try:
+        await asyncio.gather(*asked)
+    except BaseException:
+        # A run that stops (refused request, unreachable server, interrupt) stops its
+        # questions in flight too, rather than letting them ask on until the loop closes.
+        for question in asked:
+            question.cancel()
+        await asyncio.gather(*asked, return_exceptions=True)
+        raise
     return StrategyRun(start.choice, tuple(answered[i] for i in range(len(questions))),
                        start.wall_s + time.perf_counter() - started, sittings)
 

@@ -9,7 +9,7 @@ import pytest
 
 from clients.evaluation.checkpoint import PARTIAL_FILE, drop_pass, read_pass, write_pass
 from clients.evaluation.command import _unfinished_pass, run_eval
-from clients.evaluation.runner import PassSoFar, StrategyChoice, StrategyRun
+from clients.evaluation.runner import PassSoFar, ServerUnreachable, StrategyChoice, StrategyRun
 from clients.evaluation.summary import Outcome
 from clients.evaluation.tasks import parse_task
 
@@ -46,10 +46,19 @@ def test_a_file_that_is_no_checkpoint_is_named(tmp_path: Path) -> None:
         read_pass(tmp_path)
 
 
-def test_the_named_strategy_is_finished(tmp_path: Path) -> None:
+def test_the_named_strategy_is_finished_asking_again_what_got_no_reply(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Question 2's answer is kept; question 0 got an HTTP 504 (no reply), so the finished
+    pass asks it again rather than keeping it as wrong."""
     so_far = half_done()
-    assert _unfinished_pass(so_far, [StrategyChoice("single", None), SC8], [], questions(),
-                            tmp_path) == so_far
+    kept = _unfinished_pass(so_far, [StrategyChoice("single", None), SC8], [], questions(),
+                            tmp_path)
+    assert kept == PassSoFar(SC8, {2: so_far.outcomes[2]}, 12.5, 1)
+    assert ("asking again the 1 question(s) of 'sc8' the earlier sitting got no reply for "
+            "(e.g. HTTP 504: late)") in capsys.readouterr().err
+    answered = PassSoFar(SC8, {2: so_far.outcomes[2]}, 12.5, 1)
+    assert _unfinished_pass(answered, [SC8], [], questions(), tmp_path) == answered
+    assert capsys.readouterr().err == ""
 
 
 def test_a_pass_results_json_already_holds_is_dropped(tmp_path: Path) -> None:
@@ -85,3 +94,28 @@ def test_resume_refuses_a_pass_measured_under_other_settings(
                      "--out", str(tmp_path), "--base-url", "http://127.0.0.1:9", "--quiet"])
     assert code == 2
     assert "max_tokens (384 there, 512 now)" in capsys.readouterr().err
+
+
+def test_a_server_gone_mid_run_leaves_the_pass_to_resume(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The runner stops with ServerUnreachable after an answer was kept: the command exits 2,
+    names the file the answers are in and says --resume goes on from them."""
+    from clients.evaluation import command
+
+    async def presets(base_url: str, api_key: str | None) -> tuple[str, dict]:
+        return "m", {"sc8": dict(SC8.spec)}
+
+    async def evaluate(*args, on_answer, **kwargs):
+        on_answer(half_done())
+        raise ServerUnreachable("the server at http://gone cannot be reached (3 tries)")
+
+    monkeypatch.setattr(command, "server_presets", presets)
+    monkeypatch.setattr(command, "evaluate", evaluate)
+    code = run_eval(["--task", "reasoning_gym:chain_sum", "--limit", "3", "--strategies", "sc8",
+                     "--out", str(tmp_path), "--base-url", "http://gone", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "cannot be reached (3 tries)" in err
+    assert f"kept in {tmp_path / PARTIAL_FILE}; the same command with --resume" in err
+    assert read_pass(tmp_path)[1] == half_done()

@@ -11,9 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from clients.evaluation import runner as runner_module
 from clients.evaluation.runner import (
     EvalError,
     PassSoFar,
+    ServerUnreachable,
     StrategyChoice,
     evaluate,
     parse_strategies,
@@ -77,7 +79,7 @@ class FakeServer:
             return httpx.Response(429, headers={"Retry-After": self.retry_after},
                                   json={"error": {"message": "at capacity"}})
         if self.drop_after_refusals:
-            raise httpx.ConnectError("connection reset", request=request)
+            raise httpx.ReadError("connection reset", request=request)
         if self.status != 200:
             return httpx.Response(self.status, json={"error": {"message": "nope"}})
         gold = body["messages"][0]["content"].split("gold=")[1].split()[0]
@@ -155,8 +157,46 @@ def test_a_server_at_capacity_is_waited_out_as_its_retry_after_asks(tmp_path: Pa
 def test_a_transport_error_after_429s_keeps_their_count(tmp_path: Path) -> None:
     server = FakeServer(refusals=2, drop_after_refusals=True)
     (run_,) = run(jsonl_task(tmp_path), server, [StrategyChoice("single", None)])
-    assert all(o.error == "ConnectError: connection reset" and o.throttled == 2
+    assert all(o.error == "ReadError: connection reset" and o.throttled == 2
                for o in run_.outcomes)
+
+
+class Unreachable:
+    """Refuses `refusals` connection attempts in all (then answers as FakeServer does)."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals = refusals
+        self.tries = 0
+        self.answer = FakeServer()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.tries += 1
+        if self.tries <= self.refusals:
+            raise httpx.ConnectError("connection refused", request=request)
+        return self.answer(request)
+
+
+def test_a_server_that_stays_unreachable_stops_the_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing is scored wrong: the first question tries three times, then the run stops, and
+    the pass so far (nothing answered) is what a --resume would go on from."""
+    monkeypatch.setattr(runner_module, "_CONNECT_RETRY_WAITS_S", (0.0, 0.0))
+    seen: list[PassSoFar] = []
+    server = Unreachable(refusals=10**6)
+    with pytest.raises(ServerUnreachable, match=r"http://eval.* cannot be reached \(3 tries\)"
+                       ".*ConnectError: connection refused"):
+        run(jsonl_task(tmp_path), server, [StrategyChoice("single", None)],
+            on_answer=seen.append)
+    assert seen == [] and 3 <= server.tries < 4 * 3  # not every question tried in full
+
+
+def test_a_connection_refused_for_a_moment_is_tried_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner_module, "_CONNECT_RETRY_WAITS_S", (0.0, 0.0))
+    server = Unreachable(refusals=2)
+    (run_,) = run(jsonl_task(tmp_path), server, [StrategyChoice("single", None)])
+    assert all(o.error is None and o.reply == "Answer: -1" for o in run_.outcomes)
+    assert server.tries == 4 + 2
 
 
 @pytest.mark.parametrize(("retry_after", "asked"), [("0.02", None), ("soon", 1)])
