@@ -46,7 +46,7 @@ class EvalError(RuntimeError):
 
 
 class ServerUnreachable(EvalError):
-    """The server stopped taking connections mid-run (crashed, stopped, restarting)."""
+    """The server stopped serving mid-run (crashed, stopped, draining, restarting)."""
 
 
 @dataclass(frozen=True)
@@ -163,22 +163,28 @@ def _retry_after_s(response: httpx.Response) -> float:
 
 
 async def _post_connected(client: httpx.AsyncClient, body: dict[str, Any]) -> httpx.Response:
-    """POST a chat request, trying again after `_CONNECT_RETRY_WAITS_S` while no connection
-    can be made. A server that stays unreachable stops the run (ServerUnreachable) instead of
-    scoring every question left as wrong in seconds: a crashed server must not finish an
-    hours-long pass; the answers kept so far let `--resume` go on once it is back. A
-    connection lost after the request went out is the question's error, as before."""
+    """POST a chat request, trying again after `_CONNECT_RETRY_WAITS_S` while the server is
+    not serving: no connection can be made, or it answers 503 (loading, draining for shutdown,
+    engine dead; the openai SDK retries both). A server that stays so stops the run
+    (ServerUnreachable) instead of scoring every question left as wrong in seconds: a crashed
+    or stopped server must not finish an hours-long pass; the answers kept so far let
+    `--resume` go on once it is back. A connection lost after the request went out is the
+    question's error, as before."""
     waits = iter(_CONNECT_RETRY_WAITS_S)
     while True:
         try:
-            return await client.post("/v1/chat/completions", json=body)
+            response = await client.post("/v1/chat/completions", json=body)
         except httpx.ConnectError as exc:
-            wait = next(waits, None)
-            if wait is None:
-                raise ServerUnreachable(f"the server at {client.base_url} cannot be reached "
-                                f"({len(_CONNECT_RETRY_WAITS_S) + 1} tries): "
-                                f"{type(exc).__name__}: {exc}") from exc
-            await asyncio.sleep(wait)
+            failure = f"{type(exc).__name__}: {exc}"
+        else:
+            if response.status_code != 503:
+                return response
+            failure = f"HTTP 503: {_error_message(response)}"
+        wait = next(waits, None)
+        if wait is None:
+            raise ServerUnreachable(f"the server at {client.base_url} is not serving "
+                                    f"({len(_CONNECT_RETRY_WAITS_S) + 1} tries): {failure}")
+        await asyncio.sleep(wait)
 
 
 async def _ask(client: httpx.AsyncClient, task: Task, question: Question, body: dict[str, Any],

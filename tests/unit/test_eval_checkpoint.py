@@ -108,7 +108,7 @@ def test_a_server_gone_mid_run_leaves_the_pass_to_resume(
 
     async def evaluate(*args, on_answer, **kwargs):
         on_answer(half_done())
-        raise ServerUnreachable("the server at http://gone cannot be reached (3 tries)")
+        raise ServerUnreachable("the server at http://gone is not serving (3 tries)")
 
     monkeypatch.setattr(command, "server_presets", presets)
     monkeypatch.setattr(command, "evaluate", evaluate)
@@ -116,6 +116,6 @@ def test_a_server_gone_mid_run_leaves_the_pass_to_resume(
                      "--out", str(tmp_path), "--base-url", "http://gone", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2
-    assert "cannot be reached (3 tries)" in err
+    assert "is not serving (3 tries)" in err
     assert f"kept in {tmp_path / PARTIAL_FILE}; the same command with --resume" in err
     assert read_pass(tmp_path)[1] == half_done()

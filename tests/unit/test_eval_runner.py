@@ -139,8 +139,8 @@ def test_a_refused_request_stops_the_run(tmp_path: Path) -> None:
 
 
 def test_a_server_error_is_counted_against_the_question(tmp_path: Path) -> None:
-    (run_,) = run(jsonl_task(tmp_path), FakeServer(503), [StrategyChoice("single", None)])
-    assert all(not o.correct and o.error == "HTTP 503: nope" for o in run_.outcomes)
+    (run_,) = run(jsonl_task(tmp_path), FakeServer(500), [StrategyChoice("single", None)])
+    assert all(not o.correct and o.error == "HTTP 500: nope" for o in run_.outcomes)
 
 
 def test_a_server_at_capacity_is_waited_out_as_its_retry_after_asks(tmp_path: Path) -> None:
@@ -162,38 +162,45 @@ def test_a_transport_error_after_429s_keeps_their_count(tmp_path: Path) -> None:
 
 
 class Unreachable:
-    """Refuses `refusals` connection attempts in all (then answers as FakeServer does)."""
+    """Not serving for `refusals` requests in all — connection refused, or 503 while the
+    server drains for shutdown — then answers as FakeServer does."""
 
-    def __init__(self, refusals: int) -> None:
+    def __init__(self, refusals: int, draining: bool = False) -> None:
         self.refusals = refusals
+        self.draining = draining
         self.tries = 0
         self.answer = FakeServer()
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.tries += 1
         if self.tries <= self.refusals:
+            if self.draining:
+                return httpx.Response(503, json={"error": {"message": "shutting down"}})
             raise httpx.ConnectError("connection refused", request=request)
         return self.answer(request)
 
 
-def test_a_server_that_stays_unreachable_stops_the_run(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("draining", "failure"), [(False, "ConnectError: connection refused"),
+                                                   (True, "HTTP 503: shutting down")])
+def test_a_server_that_stops_serving_stops_the_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, draining: bool, failure: str) -> None:
     """Nothing is scored wrong: the first question tries three times, then the run stops, and
     the pass so far (nothing answered) is what a --resume would go on from."""
     monkeypatch.setattr(runner_module, "_CONNECT_RETRY_WAITS_S", (0.0, 0.0))
     seen: list[PassSoFar] = []
-    server = Unreachable(refusals=10**6)
-    with pytest.raises(ServerUnreachable, match=r"http://eval.* cannot be reached \(3 tries\)"
-                       ".*ConnectError: connection refused"):
+    server = Unreachable(refusals=10**6, draining=draining)
+    with pytest.raises(ServerUnreachable, match=r"http://eval.* is not serving \(3 tries\): "
+                       + failure):
         run(jsonl_task(tmp_path), server, [StrategyChoice("single", None)],
             on_answer=seen.append)
     assert seen == [] and 3 <= server.tries < 4 * 3  # not every question tried in full
 
 
-def test_a_connection_refused_for_a_moment_is_tried_again(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("draining", [False, True])
+def test_a_server_not_serving_for_a_moment_is_tried_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, draining: bool) -> None:
     monkeypatch.setattr(runner_module, "_CONNECT_RETRY_WAITS_S", (0.0, 0.0))
-    server = Unreachable(refusals=2)
+    server = Unreachable(refusals=2, draining=draining)
     (run_,) = run(jsonl_task(tmp_path), server, [StrategyChoice("single", None)])
     assert all(o.error is None and o.reply == "Answer: -1" for o in run_.outcomes)
     assert server.tries == 4 + 2
