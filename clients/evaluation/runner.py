@@ -36,9 +36,9 @@ _FATAL_STATUSES = (400, 401, 403, 404, 422)
 # A 429's wait when its Retry-After is missing or unreadable, and the most any 429 is waited.
 _DEFAULT_RETRY_AFTER_S = 1.0
 _MAX_RETRY_AFTER_S = 60.0
-# Waits before asking again when no connection could be made (the openai SDK retries a
-# connection error twice too); after the last one the server is taken for down.
-_CONNECT_RETRY_WAITS_S = (1.0, 2.0)
+# Waits before asking again while the server is not serving (connection refused, 503; the
+# openai SDK retries these twice too); after the last one the server is taken for down.
+_NOT_SERVING_RETRY_WAITS_S = (1.0, 2.0)
 
 
 class EvalError(RuntimeError):
@@ -162,15 +162,15 @@ def _retry_after_s(response: httpx.Response) -> float:
     return min(max(wait, 0.0), _MAX_RETRY_AFTER_S)
 
 
-async def _post_connected(client: httpx.AsyncClient, body: dict[str, Any]) -> httpx.Response:
-    """POST a chat request, trying again after `_CONNECT_RETRY_WAITS_S` while the server is
+async def _post_while_serving(client: httpx.AsyncClient, body: dict[str, Any]) -> httpx.Response:
+    """POST a chat request, trying again after `_NOT_SERVING_RETRY_WAITS_S` while the server is
     not serving: no connection can be made, or it answers 503 (loading, draining for shutdown,
     engine dead; the openai SDK retries both). A server that stays so stops the run
     (ServerUnreachable) instead of scoring every question left as wrong in seconds: a crashed
     or stopped server must not finish an hours-long pass; the answers kept so far let
     `--resume` go on once it is back. A connection lost after the request went out is the
     question's error, as before."""
-    waits = iter(_CONNECT_RETRY_WAITS_S)
+    waits = iter(_NOT_SERVING_RETRY_WAITS_S)
     while True:
         try:
             response = await client.post("/v1/chat/completions", json=body)
@@ -183,7 +183,7 @@ async def _post_connected(client: httpx.AsyncClient, body: dict[str, Any]) -> ht
         wait = next(waits, None)
         if wait is None:
             raise ServerUnreachable(f"the server at {client.base_url} is not serving "
-                                    f"({len(_CONNECT_RETRY_WAITS_S) + 1} tries): {failure}")
+                                    f"({len(_NOT_SERVING_RETRY_WAITS_S) + 1} tries): {failure}")
         await asyncio.sleep(wait)
 
 
@@ -200,7 +200,7 @@ async def _ask(client: httpx.AsyncClient, task: Task, question: Question, body: 
     throttled = 0
     try:
         while True:
-            response = await _post_connected(client, body)
+            response = await _post_while_serving(client, body)
             if response.status_code != 429:
                 break
             wait = _retry_after_s(response)

@@ -186,7 +186,7 @@ def test_a_server_that_stops_serving_stops_the_run(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, draining: bool, failure: str) -> None:
     """Nothing is scored wrong: the first question tries three times, then the run stops, and
     the pass so far (nothing answered) is what a --resume would go on from."""
-    monkeypatch.setattr(runner_module, "_CONNECT_RETRY_WAITS_S", (0.0, 0.0))
+    monkeypatch.setattr(runner_module, "_NOT_SERVING_RETRY_WAITS_S", (0.0, 0.0))
     seen: list[PassSoFar] = []
     server = Unreachable(refusals=10**6, draining=draining)
     with pytest.raises(ServerUnreachable, match=r"http://eval.* is not serving \(3 tries\): "
@@ -199,7 +199,7 @@ def test_a_server_that_stops_serving_stops_the_run(
 @pytest.mark.parametrize("draining", [False, True])
 def test_a_server_not_serving_for_a_moment_is_tried_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, draining: bool) -> None:
-    monkeypatch.setattr(runner_module, "_CONNECT_RETRY_WAITS_S", (0.0, 0.0))
+    monkeypatch.setattr(runner_module, "_NOT_SERVING_RETRY_WAITS_S", (0.0, 0.0))
     server = Unreachable(refusals=2, draining=draining)
     (run_,) = run(jsonl_task(tmp_path), server, [StrategyChoice("single", None)])
     assert all(o.error is None and o.reply == "Answer: -1" for o in run_.outcomes)
