@@ -221,14 +221,16 @@ async def _ask(client: httpx.AsyncClient, task: Task, question: Question, body: 
                        throttled=throttled)
     data = response.json()
     usage = data.get("usage") or {}
-    strategy = data.get("strategy") or {}
+    strategy = data.get("strategy")
+    if not isinstance(strategy, dict):
+        strategy = None
     sub_requests = (strategy.get("usage") or {}).get("sub_requests", 1) if strategy else 1
     reply = data["choices"][0]["message"].get("content") or ""
     judgement = await asyncio.to_thread(task.judge, question, reply)
     return Outcome(question.id, judgement.correct, judgement.answer,
                    int(usage.get("completion_tokens", 0)), int(usage.get("prompt_tokens", 0)),
                    int(sub_requests), latency, reply=reply, detail=judgement.detail,
-                   throttled=throttled)
+                   throttled=throttled, strategy_report=strategy)
 
 
 async def evaluate(base_url: str, model: str, task: Task, questions: Sequence[Question],

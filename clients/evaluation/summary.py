@@ -20,7 +20,9 @@ class Outcome:
     and `detail` the judge's reason where the answer alone does not say it (a failed
     program's output), so a wrong answer can be audited without asking again; `throttled`
     counts the 429s (server at capacity) waited out before the answer, which `latency_s`
-    includes."""
+    includes; `strategy_report` is the response's `strategy` object (what the strategy did:
+    samples drawn, votes, stopped early, a refinement's rounds), None for a plain request or
+    an error, so a pass can be broken down by what each question went through."""
 
     question_id: str
     correct: bool
@@ -33,6 +35,7 @@ class Outcome:
     reply: str | None = None
     detail: str | None = None
     throttled: int = 0
+    strategy_report: dict[str, Any] | None = None
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -54,6 +54,10 @@ def test_refinery_eval_reports_every_strategy_on_the_embedded_model(
     assert 0 < summaries["single"]["completion_tokens_per_question"] <= 24
     assert summaries["sc8"]["completion_tokens_per_question"] > 24  # eight samples' worth
     assert data["runs"][1]["spec"]["answer_format"] == "auto"  # what the judge reads
+    reports = [o["strategy_report"] for o in data["runs"][1]["outcomes"]]
+    assert all(r["name"] == "self_consistency" and r["samples"] == 8
+               and r["usage"]["sub_requests"] == 8 for r in reports)
+    assert all(o["strategy_report"] is None for o in data["runs"][0]["outcomes"])
     assert data["settings"]["model"] == "smollm2"
     assert (out / "results.md").read_text().count("\n| ") >= 3
     assert (out / "accuracy_vs_tokens.png").stat().st_size > 1000

@@ -24,7 +24,8 @@ def questions():
 
 def half_done(choice: StrategyChoice = SC8) -> PassSoFar:
     ids = [q.id for q in questions()]
-    return PassSoFar(choice, {2: Outcome(ids[2], True, "5", 90, 40, 8, 3.5),
+    return PassSoFar(choice, {2: Outcome(ids[2], True, "5", 90, 40, 8, 3.5,
+                                         strategy_report={"votes": {"5": 6, "4": 2}}),
                               0: Outcome(ids[0], False, None, 0, 0, 0, 1.0, "HTTP 504: late")},
                      12.5, 1)
 

@@ -177,6 +177,24 @@ def test_passes_slowed_by_429s_are_named_with_their_refusals(tmp_path: Path) -> 
     assert "throttled" not in md_path.read_text()
 
 
+def test_what_each_question_went_through_is_kept_and_older_files_still_read(
+        tmp_path: Path) -> None:
+    report_ = {"name": "adaptive_refine", "route": "hard", "agreement": 0.4,
+               "refinements": [{"from_answer": "No", "iterations": 2}],
+               "usage": {"sub_requests": 9}}
+    runs = [StrategyRun(StrategyChoice("adaptive", "adaptive"),
+                        (Outcome("q0", True, "Yes", 900, 50, 9, 9.0, strategy_report=report_),
+                         outcome(1, False)), 9.0)]
+    rows = [summarise(r.choice.label, r.outcomes, r.wall_s) for r in runs]
+    json_path, _ = write_report(tmp_path, {"task": "t"}, runs, rows, plot=False)
+    assert read_runs(json_path)[1][0].outcomes == runs[0].outcomes
+    data = json.loads(json_path.read_text())
+    for stored in data["runs"][0]["outcomes"]:  # a results.json written before the field
+        del stored["strategy_report"]
+    json_path.write_text(json.dumps(data))
+    assert [o.strategy_report for o in read_runs(json_path)[1][0].outcomes] == [None, None]
+
+
 def test_questions_past_the_server_deadline_are_pointed_out(
         capsys: pytest.CaptureFixture[str]) -> None:
     late = "HTTP 504: the request ran past this server's limit of 600 s and was aborted"

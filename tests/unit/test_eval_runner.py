@@ -117,6 +117,9 @@ def test_every_question_runs_under_every_strategy_with_seeds_and_usage(tmp_path:
     assert [o.sub_requests for o in sc8.outcomes] == [8] * 4
     assert sc8.outcomes[0].completion_tokens == 80 and sc8.outcomes[0].prompt_tokens == 10
     assert sc8.outcomes[1].reply == "Answer: 1" and single.outcomes[1].reply == "Answer: -1"
+    assert sc8.outcomes[2].strategy_report == {"name": "self_consistency",
+                                               "usage": {"sub_requests": 8}}
+    assert [o.strategy_report for o in single.outcomes] == [None] * 4
     assert len(server.bodies) == 8
     plain = [b for b in server.bodies if "strategy" not in b]
     assert sorted(b["seed"] for b in plain) == [300_000, 300_064, 300_128, 300_192]
