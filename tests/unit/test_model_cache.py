@@ -236,3 +236,43 @@ def test_a_complete_cache_on_a_read_only_mount_is_served_without_writing(
 
     monkeypatch.setattr(cache.tempfile, "TemporaryFile", read_only)
     assert models.ensure_embedded_model(tmp_path) == folder
+
+
+# The conversion's own process: spawned, so these run as module-level functions of this file.
+def _record_pid(path: str) -> None:
+    Path(path).write_text(str(os.getpid()))
+
+
+def _refuse(reason: str) -> None:
+    raise ValueError(reason)
+
+
+def _die() -> None:
+    os._exit(9)  # as the OOM killer would leave it: no exception, no cleanup
+
+
+def test_the_conversion_runs_in_a_process_of_its_own(tmp_path: Path) -> None:
+    marker = tmp_path / "pid"
+    cache._run_in_child("Tiny", _record_pid, str(marker))
+    assert int(marker.read_text()) != os.getpid()
+
+
+def test_an_error_in_the_conversion_process_comes_back_with_its_message() -> None:
+    with pytest.raises(ValueError, match="tensor blk.0 has no data"):
+        cache._run_in_child("Tiny", _refuse, "tensor blk.0 has no data")
+
+
+def test_a_conversion_process_that_dies_is_a_named_cache_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ModelCacheError, match="conversion of Tiny died"):
+        cache._run_in_child("Tiny", _die)
+    def dying(gguf: Path, out: Path, title: str) -> None:
+        cache._run_in_child(title, _die)
+
+    monkeypatch.setattr(cache, "_convert", dying)
+    with pytest.raises(ModelCacheError, match="died before it finished"):
+        models.ensure_embedded_model(tmp_path)
+    assert not list(tmp_path.glob(".tmp-*")) and not is_complete(
+        tmp_path / models.EMBEDDED_MODEL.folder
+    ), "a conversion that died must leave no folder behind"
