@@ -30,7 +30,7 @@ RUN python3 -m pip list --format=freeze > /tmp/base-image.txt \
 # Convert the embedded model now, so that the container starts offline; then drop the sources.
 WORKDIR /opt/refinery
 RUN rm -rf /opt/refinery/src \
-    && HF_HUB_OFFLINE=1 python3 -c "from pathlib import Path; from server.models import ensure_embedded_model; ensure_embedded_model(Path('/opt/refinery/models'))" \
+    && HF_HUB_OFFLINE=1 python3 -c "from pathlib import Path; from server.embedded_model import ensure_embedded_model; ensure_embedded_model(Path('/opt/refinery/models'))" \
     && refinery --version
 
 RUN groupadd --gid 10001 refinery \

@@ -5,6 +5,8 @@ No Docker engine runs where these tests run: the Dockerfiles are linted and read
 
 from __future__ import annotations
 
+import ast
+import importlib
 import re
 from pathlib import Path
 
@@ -116,3 +118,23 @@ def test_dockerignore_sends_only_what_the_images_copy() -> None:
                 assert set(sources) <= included, (dockerfile, sources)
     for needed in ("pyproject.toml", "README.md", "server", "strategies", "clients"):
         assert needed in included
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_the_build_steps_python_imports_what_exists(dockerfile: str) -> None:
+    """A `python -c` step is only run by a real build, which no test does here: a module it
+    imports that was renamed (server.models became server.embedded_model) broke both images
+    unnoticed. So each snippet is parsed and every name it imports is looked up."""
+    run = " ".join(args for keyword, args in instructions(dockerfile) if keyword == "RUN")
+    snippets = re.findall(r'python3? -c "([^"]+)"', run)
+    assert snippets, f"{dockerfile}: no python -c step found"
+    for snippet in snippets:
+        for node in ast.walk(ast.parse(snippet)):
+            if isinstance(node, ast.ImportFrom):
+                module = importlib.import_module(node.module or "")
+                for alias in node.names:
+                    assert hasattr(module, alias.name), (
+                        f"{dockerfile}: {node.module} has no {alias.name}")
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    importlib.import_module(alias.name)
