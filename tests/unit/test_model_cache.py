@@ -267,6 +267,7 @@ def test_a_conversion_process_that_dies_is_a_named_cache_error(
 ) -> None:
     with pytest.raises(ModelCacheError, match="conversion of Tiny died"):
         cache._run_in_child("Tiny", _die)
+
     def dying(gguf: Path, out: Path, title: str) -> None:
         cache._run_in_child(title, _die)
 
