@@ -187,6 +187,17 @@ async def _post_while_serving(client: httpx.AsyncClient, body: dict[str, Any]) -
         await asyncio.sleep(wait)
 
 
+def _transport_failure(exc: httpx.HTTPError, read_timeout_s: float | None) -> str:
+    """A question's error when no reply came: the exception's name and message. httpx's
+    timeouts carry an empty message, so one says which limit ran out (`--timeout`), not a
+    bare "ReadTimeout: "."""
+    text = str(exc)
+    if not text and isinstance(exc, httpx.TimeoutException):
+        text = ("no reply within the client's timeout" if read_timeout_s is None
+                else f"no reply within {read_timeout_s:g} s (the client's timeout)")
+    return f"{type(exc).__name__}: {text}"
+
+
 async def _ask(client: httpx.AsyncClient, task: Task, question: Question, body: dict[str, Any],
                *, budget_s: float) -> Outcome:
     """One question. While the server answers 429 (at capacity; nothing of the request ran)
@@ -210,7 +221,7 @@ async def _ask(client: httpx.AsyncClient, task: Task, question: Question, body: 
             await asyncio.sleep(wait)
     except httpx.HTTPError as exc:
         return Outcome(question.id, False, None, 0, 0, 0, time.perf_counter() - started,
-                       f"{type(exc).__name__}: {exc}", throttled=throttled)
+                       _transport_failure(exc, client.timeout.read), throttled=throttled)
     latency = time.perf_counter() - started
     if response.status_code in _FATAL_STATUSES:
         raise EvalError(f"the server refused the request ({response.status_code}): "

@@ -164,6 +164,17 @@ def test_a_transport_error_after_429s_keeps_their_count(tmp_path: Path) -> None:
                for o in run_.outcomes)
 
 
+def test_a_reply_that_never_comes_says_which_timeout_ran_out(tmp_path: Path) -> None:
+    """httpx's ReadTimeout has no message; the question's error (shown again when --resume
+    asks it anew) names the client's timeout instead of ending in a bare colon."""
+    def silent(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("", request=request)
+
+    (run_,) = run(jsonl_task(tmp_path), silent, [StrategyChoice("single", None)], timeout_s=90)
+    assert [o.error for o in run_.outcomes] == [
+        "ReadTimeout: no reply within 90 s (the client's timeout)"] * 4
+
+
 class Unreachable:
     """Not serving for `refusals` requests in all — connection refused, or 503 while the
     server drains for shutdown — then answers as FakeServer does."""
