@@ -9,12 +9,13 @@ engine requests they are: the load signal the picker's queue and KV-cache scorer
 
 from __future__ import annotations
 
-import threading
+import time
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.prometheus import metric_value
+from tests.e2e.disconnects import abandoned_request
+from tests.e2e.prometheus import scrape, wait_for_metric
 from tests.servers import ServerProcess
 
 GAUGES = ("vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc",
@@ -46,28 +47,30 @@ def test_lora_info_is_absent_without_lora_as_in_vllm(server: ServerProcess) -> N
     assert "vllm:lora_requests_info" not in _families(server.base_url)
 
 
+def _engine_requests(base_url: str) -> float:
+    """Running plus waiting engine requests, from one scrape (both gauges at the same moment)."""
+    values = scrape(base_url)
+    return sum(value for (name, _), value in values.items()
+               if name in ("vllm:num_requests_running", "vllm:num_requests_waiting"))
+
+
 def test_engine_request_counts_include_every_strategy_sample(server: ServerProcess) -> None:
+    # The request is long and abandoned once seen, rather than short and watched from a thread
+    # until it returns: on a slow runner one scrape outlasted a whole short request (CI saw a
+    # single reading, taken before the engine had it).
     samples = 8
+    assert wait_for_metric(server.base_url, "vllm:num_requests_running", 0, timeout=30) == 0
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": "Count to fifty."}],
+            "max_tokens": 1024, "ignore_eos": True, "temperature": 0.8,
+            "strategy": {"name": "best_of_n", "n": samples}}
     seen: list[float] = []
-    finished = threading.Event()
-
-    def watch() -> None:
-        while not finished.is_set():
-            seen.append(metric_value(server.base_url, "vllm:num_requests_running")
-                        + metric_value(server.base_url, "vllm:num_requests_waiting"))
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
-        reply = httpx.post(f"{server.base_url}/v1/chat/completions", timeout=120, json={
-            "model": "smollm2", "messages": [{"role": "user", "content": "Count to fifty."}],
-            "max_tokens": 64, "ignore_eos": True, "temperature": 0.8,
-            "strategy": {"name": "best_of_n", "n": samples},
-        })
-    finally:
-        finished.set()
-        watcher.join()
-    assert reply.status_code == 200, reply.text
-    assert reply.json()["strategy"]["samples"] == samples
-    # One HTTP request; the engine (and so the picker's scorers) sees its samples.
-    assert 1 < max(seen) <= samples
+    with abandoned_request(server.base_url, body):
+        deadline = time.monotonic() + 60
+        while (not seen or seen[-1] != samples) and time.monotonic() < deadline:
+            seen.append(_engine_requests(server.base_url))
+            time.sleep(0.05)
+    # One HTTP request; the engine (and so the picker's scorers) sees every one of its samples,
+    # and never more.
+    assert seen[-1] == samples, seen
+    assert max(seen) <= samples, seen
+    assert wait_for_metric(server.base_url, "vllm:num_requests_running", 0, timeout=30) == 0
